@@ -27,6 +27,10 @@ def export(
     checkpoint: Path = typer.Argument(..., help="training run directory, its checkpoint.json or model.safetensors"),
     output: Path = typer.Option(..., "--output", "-o", help="model directory to write"),
     quantize: str = typer.Option("int8", "--quantize", help="int8 | fp16 | none"),
+    int8_target: str = typer.Option(
+        "portable", "--int8-target", help="portable (onnxruntime's own int8 conv kernels: any CPU, ARM included) | "
+        "amx (deep convolutions through onnxruntime's int8 GEMM, which uses Intel AMX: Xeon 4th gen and later; "
+        "same arithmetic)"),
     branch_kind: str = typer.Option("auto", "--branch-kind",
                                     help="full (backbone + head) | head (features in) | auto (from the training data)"),
     audio_backbone: Optional[str] = typer.Option(None, "--audio-backbone", help="vggish (full branches)"),
@@ -66,7 +70,7 @@ def export(
 
     torch.set_num_threads(threads)
     options = ExportOptions(
-        quantize=quantize, branch_kind=branch_kind, audio_backbone=audio_backbone, video_backbone=video_backbone,
+        quantize=quantize, int8_target=int8_target, branch_kind=branch_kind, audio_backbone=audio_backbone, video_backbone=video_backbone,
         audio_weights=_str(audio_weights), video_weights=_str(video_weights), pca_params=_str(pca_params),
         vggish_postprocess=vggish_postprocess, weights_dir=_str(weights_dir), download=not no_download, calibration=_str(calibration),
         num_calibration=num_calibration, num_validation=num_validation, min_cosine=min_cosine, threads=threads,

@@ -37,6 +37,7 @@ REPORT_FORMAT = "tivm-export-report"
 @dataclass
 class ExportOptions:
     quantize: str = "int8"
+    int8_target: str = "portable"  # or "amx": see tivm.export.quantize
     branch_kind: str = "auto"
     audio_backbone: str | None = None
     video_backbone: str | None = None
@@ -168,7 +169,8 @@ def make_final(plan: BranchPlan, fp32: Path, target: Path, inputs: calib.BranchI
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         recipe = quant.quantize_int8(fp32, target, full=plan.kind == "full", input_name=plan.input_name,
-                                     calibration_batches=batches, progress=options.progress)
+                                     calibration_batches=batches, progress=options.progress,
+                                     int8_target=options.int8_target)
     recipe["calibration"] = ({"source": inputs.source, "description": inputs.description,
                               "windows": len(inputs.calibration),
                               "steps": int(sum(len(w) for w in inputs.calibration))}
@@ -256,6 +258,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         setattr(options, key, value)
     if options.quantize not in quant.QUANTIZE_CHOICES:
         raise ValueError(f"--quantize must be one of {quant.QUANTIZE_CHOICES}, got {options.quantize!r}")
+    if options.int8_target not in quant.INT8_TARGETS:
+        raise ValueError(f"--int8-target must be one of {quant.INT8_TARGETS}, got {options.int8_target!r}")
     started = time.perf_counter()
     model, record = load_checkpoint(checkpoint)
     plans = plan_branches(model, record, options.branch_kind, audio_backbone=options.audio_backbone,
@@ -304,6 +308,7 @@ def _report(checkpoint, out_dir: Path, record: dict, options: ExportOptions, res
             seconds: float) -> dict:
     return {"format": REPORT_FORMAT, "checkpoint": str(checkpoint), "out": str(out_dir),
             "configuration": record.get("name"), "quantize": options.quantize,
+            "int8_target": options.int8_target if options.quantize == "int8" else None,
             "min_cosine": options.min_cosine, "seconds": round(seconds, 2),
             "branches": {name: r.to_json() for name, r in results.items()}}
 

@@ -11,6 +11,13 @@ int8 (measured on this CPU, see docs/export.md and benchmarks/export_report.py):
   activations are quantized per run from their own range, so no calibration is needed and the
   standardisation, LayerNorm, Softmax, attention score products (MatMul of two activations), residual adds and
   the final L2 normalisation all stay float.
+int8 target "amx" (opt-in): onnxruntime runs a QLinearConv whose int8 weights have zero point 0 through its
+indirect symmetric-convolution kernels (AVX-512 VNNI at best), and every other conv through im2col + its
+integer GEMM, which uses AMX tiles on CPUs that have them (Xeon 4th generation and later). On this AMX Xeon the
+GEMM was faster for convolutions at least GEMM_MIN_DEPTH deep (input channels per group x kernel area; ResNet-50
+3x3 convolutions of stages 2-4 1.6-2.1x faster each) and slower for shallower ones, so "amx" stores those deep convolutions'
+weights as q - 1 with zero point -1: they dequantize to exactly the same values, only the kernel changes.
+"portable" (the default) keeps onnxruntime's choice, which suits CPUs without AMX and ARM.
 fp16: weights stored as float16 and cast back to float32 when the session loads (onnxruntime folds the Casts),
 so the file halves and inputs, outputs and arithmetic stay float32: the runtime is unchanged.
 """
@@ -37,6 +44,9 @@ NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 QDQ_UNIT_OP_TYPES = ("Conv", "MatMul", "Gemm", "Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu",
                      "Clip", "Concat", "Reshape", "Transpose", "Flatten", "Mul")
 DYNAMIC_OP_TYPES = ("MatMul", "LSTM")  # Gemm has no dynamic integer kernel: rewritten as MatMul first
+INT8_TARGETS = ("portable", "amx")
+GEMM_MIN_DEPTH = 512  # measured per ResNet-50 conv on the AMX Xeon (docs/export.md): >= 512 deep, GEMM wins
+GEMM_WEIGHT_ZERO_POINT = -1  # any common non-zero point routes to the GEMM; -1 keeps the int8 range [-127, 127]
 FP16_MIN_ELEMENTS = 16  # tiny tensors (shapes, scalars) stay float32: nothing to save
 FP16_MAX = 65504.0
 FP16_SUFFIX = "__fp16"
@@ -159,6 +169,36 @@ def quantize_static_backbone(source: Path, target: Path, input_name: str, batche
             "calibration_steps": int(sum(b.shape[1] for b in batches))}
 
 
+def route_deep_convs_to_gemm(path: Path, min_depth: int = GEMM_MIN_DEPTH) -> dict:
+    """The "amx" int8 target (module docstring): rewrite, in place, the int8 weights of every convolution at
+    least `min_depth` deep from (q, zero point 0) to (q - 1, zero point -1); the dequantized weights are
+    identical. Weights holding -128 (not from a symmetric quantizer) are left alone."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    conv_weights = {node.input[1] for node in graph.node if node.op_type == "Conv" and len(node.input) > 1}
+    routed, kept = 0, 0
+    for node in graph.node:
+        if (node.op_type != "DequantizeLinear" or node.output[0] not in conv_weights or len(node.input) < 3
+                or node.input[0] not in initializers or node.input[2] not in initializers):
+            continue
+        weights = numpy_helper.to_array(initializers[node.input[0]])
+        zero_points = numpy_helper.to_array(initializers[node.input[2]])
+        if weights.dtype != np.int8 or weights.ndim < 3 or zero_points.any():
+            continue
+        if int(np.prod(weights.shape[1:])) < min_depth or weights.min() < -127:
+            kept += 1
+            continue
+        shifted = (weights.astype(np.int16) + GEMM_WEIGHT_ZERO_POINT).astype(np.int8)
+        initializers[node.input[0]].CopyFrom(numpy_helper.from_array(shifted, node.input[0]))
+        initializers[node.input[2]].CopyFrom(numpy_helper.from_array(
+            np.full_like(zero_points, GEMM_WEIGHT_ZERO_POINT), node.input[2]))
+        routed += 1
+    onnx.save(model, str(path))
+    return {"int8_target": "amx", "gemm_min_depth": min_depth, "gemm_convs": routed, "symmetric_convs": kept,
+            "gemm_weight_zero_point": GEMM_WEIGHT_ZERO_POINT}
+
+
 def quantize_dynamic_head(source: Path, target: Path, nodes: list[str], per_channel: bool = False) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -207,8 +247,13 @@ def _dequantized_tensors(graph: onnx.GraphProto) -> set[str]:
 def quantize_int8(fp32_path: Path, target: Path, *, full: bool, input_name: str,
                   calibration_batches: Sequence[np.ndarray] = (), progress: bool = True,
                   per_channel: bool = True, activation: str = "uint8", quant_format: str = "QDQ",
-                  head_per_channel: bool = False) -> dict:
+                  head_per_channel: bool = False, int8_target: str = "portable") -> dict:
     """The int8 recipe (module docstring); returns the recipe as JSON for the manifest."""
+    if int8_target not in INT8_TARGETS:
+        raise ValueError(f"int8 target must be one of {INT8_TARGETS}, got {int8_target!r}")
+    if int8_target == "amx" and (quant_format, activation) != ("QDQ", "uint8"):
+        raise ValueError("the amx int8 target re-routes U8S8 QDQ convolutions; it needs quant_format='QDQ' and "
+                         "activation='uint8'")
     with tempfile.TemporaryDirectory(prefix="tivm-quant-", dir=target.parent) as tmp:
         tmp = Path(tmp)
         pre = tmp / "pre.onnx"
@@ -223,6 +268,9 @@ def quantize_int8(fp32_path: Path, target: Path, *, full: bool, input_name: str,
                 current, static, input_name, calibration_batches, backbone, per_channel=per_channel,
                 activation=activation, quant_format=quant_format, progress=progress)
             recipe["backbone"]["kept_float_nodes"] = len(float_only)
+            recipe["backbone"]["int8_target"] = int8_target
+            if int8_target == "amx":
+                recipe["backbone"].update(route_deep_convs_to_gemm(static))
             current = static
         # dynamic quantization has no integer Gemm: rewrite Gemm as MatMul + Add (new node names, so the
         # head is found again, as everything downstream of its scoped nodes)

@@ -318,3 +318,75 @@ def test_weights_folder_supplies_official_files_by_name(tmp_path):
                           weights_dir=tmp_path, download=False)
     assert plans["audio"].backbone_weights == str(tmp_path / "vggish-10086976.pth")
     assert plans["video"].backbone == "efficientnet-lite0" and plans["video"].kind == "full"
+
+
+# --------------------------------------------------------------------------------------- int8 target "amx"
+
+def _conv_net_int8(tmp_path: Path) -> Path:
+    """A static U8S8 QDQ model of a deep (64 x 3 x 3 = 576) and a shallow (64 x 1 x 1) convolution."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(64, 8, 1)).eval()
+    fp32, int8 = tmp_path / "net.onnx", tmp_path / "net.int8.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 64, 12, 12),), str(fp32), input_names=["x"],
+                      dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((2, 64, 12, 12)).astype(np.float32) for _ in range(3)]
+    nodes = [node.name for node in onnx.load(str(fp32)).graph.node]
+    quant.quantize_static_backbone(fp32, int8, "x", batches, nodes, progress=False)
+    return int8
+
+
+def _conv_zero_points(path: Path) -> dict[int, np.ndarray]:
+    """{depth: weight zero points} of each convolution's DequantizeLinear."""
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    conv_weights = {n.input[1] for n in graph.node if n.op_type == "Conv"}
+    return {int(np.prod(inits[n.input[0]].shape[1:])): inits[n.input[2]] for n in graph.node
+            if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights}
+
+
+def _dequantized_conv_weights(path: Path) -> list[np.ndarray]:
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    conv_weights = {n.input[1] for n in graph.node if n.op_type == "Conv"}
+    out = []
+    for n in graph.node:
+        if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights:
+            q, scale, zp = inits[n.input[0]].astype(np.float64), inits[n.input[1]], inits[n.input[2]]
+            out.append((q - zp.reshape(-1, 1, 1, 1)) * scale.reshape(-1, 1, 1, 1))
+    return out
+
+
+def test_amx_target_moves_only_deep_convolutions_and_keeps_the_arithmetic(tmp_path):
+    import onnxruntime as ort
+
+    portable = _conv_net_int8(tmp_path)
+    amx = tmp_path / "net.amx.onnx"
+    amx.write_bytes(portable.read_bytes())
+    record = quant.route_deep_convs_to_gemm(amx)
+    assert record["gemm_convs"] == 1 and record["symmetric_convs"] == 1
+    before, after = _conv_zero_points(portable), _conv_zero_points(amx)
+    assert set(before) == {576, 64} and all(not zp.any() for zp in before.values())
+    assert (after[576] == quant.GEMM_WEIGHT_ZERO_POINT).all() and not after[64].any()
+    for w_portable, w_amx in zip(_dequantized_conv_weights(portable), _dequantized_conv_weights(amx)):
+        np.testing.assert_array_equal(w_portable, w_amx)
+    x = np.random.default_rng(1).standard_normal((3, 64, 12, 12)).astype(np.float32)
+    outputs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+               for p in (portable, amx)]
+    # integer arithmetic either way: the GEMM path must agree with the symmetric conv kernels to rounding
+    scale = float(np.abs(outputs[0]).max())
+    assert np.abs(outputs[0] - outputs[1]).max() <= 0.02 * scale
+
+
+def test_amx_target_is_recorded_and_bad_targets_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="int8 target"):
+        quant.quantize_int8(tmp_path / "x.onnx", tmp_path / "y.onnx", full=False, input_name="x", int8_target="gpu")
+    with pytest.raises(ValueError, match="QDQ"):
+        quant.quantize_int8(tmp_path / "x.onnx", tmp_path / "y.onnx", full=True, input_name="x", int8_target="amx",
+                            quant_format="QOperator")
+    result = CliRunner().invoke(app, [str(small_run(tmp_path)), "-o", str(tmp_path / "m"), "--int8-target", "tpu",
+                                      "-q"])
+    assert result.exit_code == 2 and "--int8-target" in result.output
