@@ -148,7 +148,7 @@ def trained_run(config: str, fs, data_spec: str, epochs: int, label: int | None 
 
 def export(checkpoint: Path, quantize: str, kind: str, video_backbone: str | None = None,
            calibration: Path | None = None, min_cosine: float | None = None,
-           num_calibration: int | None = None) -> tuple[Path, dict]:
+           num_calibration: int | None = None, int8_target: str | None = None) -> tuple[Path, dict]:
     """(model dir, export record) of `tivm-export CHECKPOINT --quantize Q --branch-kind KIND`, cached.
 
     The record holds the export's own JSON report (validation cosines, sizes) and the seconds it took;
@@ -172,7 +172,11 @@ def export(checkpoint: Path, quantize: str, kind: str, video_backbone: str | Non
     if min_cosine is not None:
         args += ["--min-cosine", str(min_cosine)]
         inputs.append(min_cosine)
-    name = f"{checkpoint.name}-{kind}-{video_backbone or 'head'}-{quantize}-{key_of(*inputs)}"
+    if int8_target is not None:
+        args += ["--int8-target", int8_target]
+        inputs.append(int8_target)
+    precision = quantize + (f"-{int8_target}" if int8_target else "")
+    name = f"{checkpoint.name}-{kind}-{video_backbone or 'head'}-{precision}-{key_of(*inputs)}"
     out = cache_root() / "models" / name
     record_path = out.parent / f"{name}.export.json"
     if (out / "manifest.json").exists() and record_path.exists():

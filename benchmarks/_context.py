@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import _artifacts as A
-from benchmarks._engines import AUDIO_BACKBONE, BRANCHES, PRECISIONS, QUANTIZE_FLAG, VIDEO_BACKBONES
+from benchmarks._engines import AUDIO_BACKBONE, BRANCHES, EXPORT_FLAGS, HEAD_PRECISION, PRECISIONS, VIDEO_BACKBONES
 from benchmarks._stats import NotMeasured
 
 REPO = A.REPO
@@ -28,7 +28,10 @@ class Plan:
     branches: tuple[str, ...]  # per-stage latency, sizes
     precisions: tuple[str, ...]  # onnxruntime precisions next to the PyTorch reference
     e2e_precisions: tuple[str, ...]
+    speed_precisions: tuple[str, ...]  # onnxruntime precisions of the threads, clip-length and build sections
     cold_start_branches: tuple[str, ...]
+    cold_start_engines: tuple[str, ...]  # "pytorch-fp32" and onnxruntime precisions, one fresh process each
+    cli_cold_start_precisions: tuple[str, ...]  # `tivm-recommend` start to exit, after the library build
     warmup: int
     runs: int
     thread_runs: int
@@ -48,8 +51,10 @@ class Plan:
     cold_start_repeats: int
 
 
-FULL = Plan(mode="full", branches=BRANCHES, precisions=PRECISIONS, e2e_precisions=("fp32", "int8"),
-            cold_start_branches=BRANCHES, warmup=2, runs=10, thread_runs=5,
+FULL = Plan(mode="full", branches=BRANCHES, precisions=PRECISIONS, e2e_precisions=("fp32", "int8", "int8-amx"),
+            speed_precisions=("fp32", "int8", "int8-amx"),
+            cold_start_branches=BRANCHES, cold_start_engines=("pytorch-fp32",) + PRECISIONS,
+            cli_cold_start_precisions=("fp32", "int8", "int8-amx"), warmup=2, runs=10, thread_runs=5,
             thread_counts=(1, 2),
             clip_runs={5: 5, 15: 5, 60: 3, 300: 2}, search_windows=100_000,
             library_sizes=(1_000, 10_000, 100_000, 1_000_000), hnsw_max_windows=100_000, search_queries=50,
@@ -59,10 +64,11 @@ FULL = Plan(mode="full", branches=BRANCHES, precisions=PRECISIONS, e2e_precision
             synthetic_configs=("VM-M", "VM-R", "VM-MS", "IVM-M", "IVM-MS", "LIVM", "TIVM"), synthetic_epochs=4,
             cold_start_repeats=1)
 QUICK = Plan(mode="quick", branches=(VIDEO_BACKBONES[0], AUDIO_BACKBONE), precisions=("fp32", "int8"),
-             e2e_precisions=("int8",), cold_start_branches=(VIDEO_BACKBONES[0],), warmup=1, runs=2,
-             thread_runs=2, thread_counts=(1,), clip_runs={5: 1, 15: 1},
+             e2e_precisions=("int8",), speed_precisions=("fp32", "int8"), cold_start_branches=(VIDEO_BACKBONES[0],),
+             cold_start_engines=("fp32", "int8"), cli_cold_start_precisions=("int8",),
+             warmup=1, runs=2, thread_runs=1, thread_counts=(1,), clip_runs={5: 1, 15: 1},
              search_windows=10_000, library_sizes=(1_000, 10_000), hnsw_max_windows=1_000, search_queries=10,
-             build_songs=("kevin_macleod_vibe_ace_10-40s.ogg",), yt8m_shards="validate000[0-4].tfrecord",
+             build_songs=("kevin_macleod_vibe_ace_10-40s.ogg",), yt8m_shards="*.tfrecord",
              yt8m_config="IVM-M", yt8m_epochs=1,
              synthetic_spec="synthetic:n=600", synthetic_configs=("TIVM",), synthetic_epochs=1,
              cold_start_repeats=1)
@@ -88,15 +94,19 @@ class Context:
 
     def export(self, kind: str, backbone: str | None, precision: str) -> tuple[Path, dict]:
         """A cached export of the latency checkpoint: "full" with a video backbone, or "head"."""
+        if kind == "head":
+            precision = HEAD_PRECISION.get(precision, precision)
         key = (kind, backbone if kind == "full" else None, precision)
         if key not in self.exports:
             try:
                 checkpoint = A.latency_checkpoint()
+                quantize, int8_target = EXPORT_FLAGS[precision]
                 if kind == "full":
-                    self.exports[key] = A.export(checkpoint, QUANTIZE_FLAG[precision], "full", backbone,
-                                                 calibration=self.shared(MEDIA), min_cosine=FULL_EXPORT_MIN_COSINE)
+                    self.exports[key] = A.export(checkpoint, quantize, "full", backbone,
+                                                 calibration=self.shared(MEDIA), min_cosine=FULL_EXPORT_MIN_COSINE,
+                                                 int8_target=int8_target)
                 else:
-                    self.exports[key] = A.export(checkpoint, QUANTIZE_FLAG[precision], "head")
+                    self.exports[key] = A.export(checkpoint, quantize, "head")
             except NotMeasured as exc:
                 self.exports[key] = exc
         found = self.exports[key]

@@ -116,7 +116,8 @@ def cold_start_memory(ctx: Context) -> dict:
     """Process start → embedding of the 15 s clip printed, and that process's peak RSS, per configuration."""
     out = {"threads": ctx.threads, "repeats": ctx.plan.cold_start_repeats, "configs": {}}
     for backbone in ctx.plan.cold_start_branches:
-        for engine, precision in [("torch", "fp32")] + [("ort", p) for p in ctx.plan.precisions]:
+        for engine, precision in [("torch", "fp32") if e == REFERENCE else ("ort", e)
+                                  for e in ctx.plan.cold_start_engines]:
             name = f"{backbone} {REFERENCE if engine == 'torch' else engine_name(precision)}"
             try:
                 command = _probe_command(ctx, engine, backbone, precision)
@@ -159,7 +160,7 @@ def library_build(ctx: Context) -> dict:
     folder, audio_seconds = _songs_folder(ctx)
     out = {"songs": list(ctx.plan.build_songs), "audio_seconds": audio_seconds, "hop_seconds": 5.0,
            "threads": ctx.threads, "configs": {}, "cli_cold_start": {}}
-    for precision in ("fp32", "int8"):
+    for precision in ctx.plan.speed_precisions:
         name = engine_name(precision)
         try:
             model_dir, _ = ctx.export("full", VIDEO_BACKBONES[0], precision)
@@ -168,7 +169,8 @@ def library_build(ctx: Context) -> dict:
             summary, report = time_call(lambda: build_library(folder, model, library_path, progress=False), 0, 1)
             out["configs"][name] = {**summary, "windows": report.library.n_windows,
                                     "x_real_time": audio_seconds * 1000.0 / summary["median_ms"]}
-            out["cli_cold_start"][name] = _cli_cold_start(ctx, model_dir, library_path)
+            if precision in ctx.plan.cli_cold_start_precisions:
+                out["cli_cold_start"][name] = _cli_cold_start(ctx, model_dir, library_path)
         except NotMeasured as exc:
             out["configs"].setdefault(name, not_measured(str(exc)))
             out["cli_cold_start"].setdefault(name, not_measured(str(exc)))

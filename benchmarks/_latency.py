@@ -181,7 +181,7 @@ def threads_scaling(ctx: Context) -> dict:
     steps = image.preprocess_frames(video.sample_frames(ctx.clip), **preprocess_args(backbone))
     out = {"branch": backbone, "runs": ctx.plan.thread_runs, "interleaved": True, "by_threads": {}}
     for threads in ctx.plan.thread_counts:
-        rows = model_rows(ctx, backbone, steps, threads, ctx.plan.thread_runs, ("fp32", "int8"))
+        rows = model_rows(ctx, backbone, steps, threads, ctx.plan.thread_runs, ctx.plan.speed_precisions)
         out["by_threads"][str(threads)] = {engine: row.get("model", row) for engine, row in rows.items()}
     set_torch_threads(ctx.threads)
     return out
@@ -197,7 +197,7 @@ def clip_length_scaling(ctx: Context) -> dict:
     backbone = VIDEO_BACKBONES[0]
     kwargs = preprocess_args(backbone)
     graphs = {}
-    for precision in ("fp32", "int8"):
+    for precision in ctx.plan.speed_precisions:
         try:
             graphs[precision] = ort_branch(ctx.export("full", backbone, precision)[0], backbone, ctx.threads)
         except NotMeasured as exc:

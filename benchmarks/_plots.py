@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks._engines import BRANCHES, engine_name
+from benchmarks._engines import BRANCHES, SPEED_PRECISIONS, engine_name
 from benchmarks._report import ENGINES
 from benchmarks._stats import is_measured
 
@@ -60,7 +60,7 @@ def clip_length(results: dict, path: Path) -> Path | None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = False
-    for precision in ("fp32", "int8"):
+    for precision in SPEED_PRECISIONS:
         points = [(int(s), e[engine_name(precision)]["total_ms"]) for s, e in clip["lengths"].items()
                   if is_measured(e.get(engine_name(precision)))]
         if points:

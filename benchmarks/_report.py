@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks._engines import BRANCHES, PRECISIONS, REFERENCE, engine_name
-from benchmarks._stats import is_measured
+from benchmarks._engines import BRANCHES, PRECISIONS, REFERENCE, SPEED_PRECISIONS, engine_name
+from benchmarks._stats import SETTLE_S, is_measured
 
 ENGINES = (REFERENCE,) + tuple(engine_name(p) for p in PRECISIONS)
+SPEED_ENGINES = tuple(engine_name(p) for p in SPEED_PRECISIONS)
+
+
+def present(engines, *tables: dict) -> list[str]:
+    """The engines (in report order) that any of the tables has an entry for."""
+    return [e for e in engines if any(e in t for t in tables)]
 STAGE_COLUMNS = ("decode", "preprocess", "backbone", "head", "model", "search")
 MB = 1e6
 
@@ -69,7 +75,7 @@ def headline(results: dict) -> list[str]:
     reference = rows_in.get(REFERENCE, {})
     base = reference.get("model", {}).get("median_ms") if is_measured(reference) else None
     rows = []
-    for engine in (REFERENCE, engine_name("fp32"), engine_name("int8")):
+    for engine in [REFERENCE] + present(SPEED_ENGINES, rows_in):
         row = rows_in.get(engine, {})
         model = row.get("model") if is_measured(row) else row
         speed = (f"{base / model['median_ms']:.1f}×" if base and is_measured(model) and "median_ms" in (model or {})
@@ -132,7 +138,10 @@ def latency_section(results: dict) -> list[str]:
              f"{latency['search']['windows']:,} library windows ({latency['search']['songs']:,} songs). "
              "model = backbone + head in one call; total = decode + preprocess + model + search (medians). "
              "The model stages of all engines of a branch are timed interleaved (one run of each per round), so "
-             "a change in machine load touches every engine alike. "
+             "a change in machine load touches every engine alike; each timed run starts after a "
+             f"{SETTLE_S * 1000:.0f} ms pause, so the previous engine's spinning worker threads do not take its "
+             "cores. onnxruntime-int8-amx is the same int8 model exported with `--int8-target amx` (deep "
+             "convolutions through onnxruntime's AMX-capable int8 GEMM; identical arithmetic). "
              "† backbone = model − head (onnxruntime runs them as one graph; the head is timed on the head-only "
              "export).", ""]
     for backbone in BRANCHES:
@@ -219,12 +228,12 @@ def scaling_section(results: dict) -> list[str]:
     if is_measured(clip):
         rows = []
         for seconds, e in clip["lengths"].items():
-            for precision in ("fp32", "int8"):
-                r = e.get(engine_name(precision), {})
+            for engine in present(SPEED_ENGINES, e):
+                r = e.get(engine, {})
                 if not is_measured(r):
-                    rows.append([seconds, engine_name(precision), reason(r), "", "", "", "", ""])
+                    rows.append([seconds, engine, reason(r), "", "", "", "", ""])
                     continue
-                rows.append([seconds, engine_name(precision), f"{e['decode']['median_ms']:.0f}",
+                rows.append([seconds, engine, f"{e['decode']['median_ms']:.0f}",
                              f"{e['preprocess']['median_ms']:.0f}", f"{r['model']['median_ms']:.0f}",
                              f"{r['search']['median_ms']:.1f}", f"{r['total_ms']:.0f}", f"{r['x_real_time']:.1f}×"])
         how = "; ".join(f"{s} s: {e['clip']} ({e['runs']} runs)" for s, e in clip["lengths"].items())
@@ -253,7 +262,7 @@ def scaling_section(results: dict) -> list[str]:
         lines += ["### Against library size", "", reason(lib), ""]
     threads = results.get("threads")
     if is_measured(threads):
-        engines = [REFERENCE, engine_name("fp32"), engine_name("int8")]
+        engines = [REFERENCE] + present(SPEED_ENGINES, *threads["by_threads"].values())
         rows = [[t] + [ms(row.get(e)) for e in engines] for t, row in threads["by_threads"].items()]
         lines += ["### Against threads (ResNet-50 branch, backbone + head, one 15 s clip)", "",
                   f"{threads['runs']} measured runs each, engines interleaved; ms median (p90); † PyTorch = backbone + "

@@ -8,6 +8,11 @@ from typing import Any, Callable
 import numpy as np
 
 P90 = 90.0
+# Pause before each timed call of an interleaved round. Without it the previous engine's worker threads (an
+# onnxruntime session's pool, torch's OpenMP team) are still spinning when the next engine starts and take
+# its cores: measured on the 2-core machine, int8 ResNet-50 read 143 ms right after the fp32 session and
+# 116-121 ms after a pause of 50 ms or more (20 ms: 122 ms, 5 ms: 139 ms). A deployed runtime runs one model.
+SETTLE_S = 0.05
 
 
 class NotMeasured(Exception):
@@ -46,9 +51,11 @@ def time_call(fn: Callable[[], Any], warmup: int, runs: int) -> tuple[dict, Any]
     return summarize(seconds), result
 
 
-def time_interleaved(calls: dict[Any, Callable[[], Any]], warmup: int, runs: int) -> dict[Any, dict]:
+def time_interleaved(calls: dict[Any, Callable[[], Any]], warmup: int, runs: int,
+                     settle_s: float = SETTLE_S) -> dict[Any, dict]:
     """Time several calls round-robin (one run of each per round), so a change in machine load between
-    rounds touches every call alike and their ratios stay fair. {key: summary}."""
+    rounds touches every call alike and their ratios stay fair; each timed call starts after `settle_s`
+    idle seconds (see SETTLE_S). {key: summary}."""
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     for _ in range(warmup):
@@ -57,6 +64,8 @@ def time_interleaved(calls: dict[Any, Callable[[], Any]], warmup: int, runs: int
     seconds: dict[Any, list[float]] = {key: [] for key in calls}
     for _ in range(runs):
         for key, fn in calls.items():
+            if settle_s > 0:
+                time.sleep(settle_s)
             started = time.perf_counter()
             fn()
             seconds[key].append(time.perf_counter() - started)

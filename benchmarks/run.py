@@ -4,8 +4,9 @@
 
 Writes DIR/benchmarks.md (the report), DIR/benchmarks/results.json and DIR/benchmarks/*.png (default DIR:
 benchmarks/results/). `--out docs` writes the committed report (docs/benchmarks.md). Full mode takes about
-20 minutes on 2 cores the first time (exports and training runs are built then and cached; see
-benchmarks/README.md); --quick measures fewer runs and sizes in about a minute once the cache is warm.
+40 minutes on 2 cores the first time (exports and training runs are built then and cached; see
+benchmarks/README.md), about 15 once they are. --quick (ResNet-50 + VGGish, fp32 and int8, 1 warm-up + 2
+runs) takes 45 s on 2 cores once its exports are cached; its first run builds them (about 3 minutes).
 A section whose piece is missing or fails is reported as "not measured: <reason>", never guessed.
 --merge keeps the other sections of DIR's results.json (each section records when it was measured).
 """

@@ -147,3 +147,33 @@ def test_merge_keeps_sections_not_rerun_and_refuses_another_mode(tmp_path):
     assert "carried over" in _report.render({**now, "targets": []})
     with pytest.raises(SystemExit):
         merge_previous({"plan": {"mode": "full"}}, tmp_path, ["latency"], "full")
+
+
+def test_amx_layout_gets_its_own_targets_and_headline_row():
+    results = fake_results(int8_ms=150.0)
+    results["latency"]["branches"]["resnet50"]["onnxruntime-int8-amx"] = fake_results(int8_ms=100.0)[
+        "latency"]["branches"]["resnet50"]["onnxruntime-int8"]
+    checks = _targets.latency_targets(results)
+    amx = [c for c in checks if "amx" in c["target"] and "onnxruntime fp32" in c["target"]][0]
+    assert amx["met"] is True and "6.00×" in amx["measured"]  # 600 / 100
+    portable = [c for c in checks if "amx" not in c["target"] and "onnxruntime fp32" in c["target"]][0]
+    assert portable["met"] is True and "4.00×" in portable["measured"]
+    assert any(line.startswith("| onnxruntime-int8-amx") for line in _report.headline(results))
+    assert not any("amx" in c["target"] for c in _targets.latency_targets(fake_results()))
+
+
+def test_recall_target_is_not_judged_on_a_gallery_too_small_to_resolve_it():
+    results = fake_results(delta=0.0)
+    results["parity_yt8m"]["n"] = 43  # one clip = 2.33 points
+    recall = _targets.recall_targets(results)[0]
+    assert recall["met"] is None and "N = 43" in recall["note"]
+
+
+def test_interleaved_timing_settles_before_each_call_without_timing_the_pause():
+    import time
+
+    starts = []
+    timed = _stats.time_interleaved({"a": lambda: starts.append(time.perf_counter()), "b": lambda: None},
+                                    warmup=0, runs=3, settle_s=0.02)
+    assert all(v["max_ms"] < 15 for v in timed.values())  # the 20 ms pause is outside the measured window
+    assert min(np.diff(starts)) >= 0.04  # two pauses between consecutive runs of "a"
