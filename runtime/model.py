@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -246,6 +247,7 @@ class Model:
             path = _checked_file(model_dir, spec)
             _check_frontend(name, spec, model_dir)
             branches[name] = branch_cls(name, path, spec, **kwargs)
+        _warn_if_laid_out_for_another_cpu(model_dir, manifest)
         return cls(model_dir, manifest, **branches)
 
     @property
@@ -271,6 +273,29 @@ class Model:
     def embed_video_features(self, features: np.ndarray, hop_seconds: float | None = None) -> WindowEmbeddings:
         """Per-second inputs of the video graph ((T, D) features for a head, (T, 3, 224, 224) for full)."""
         return self.video.embed_steps(features, hop_seconds)
+
+
+def cpu_has_amx() -> bool | None:
+    """Whether this CPU has AMX-int8, from /proc/cpuinfo (Linux: x86 "flags", ARM "Features"); None elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key = line.split(":", 1)[0].strip().lower()
+        if key in ("flags", "features") and ":" in line:
+            return "amx_int8" in line.split(":", 1)[1].split()
+    return None
+
+
+def _warn_if_laid_out_for_another_cpu(model_dir: Path, manifest: ModelManifest) -> None:
+    """A `--int8-target amx` export computes the same anywhere, but only AMX CPUs run it faster."""
+    targets = {((manifest.branch(name).quantization or {}).get("backbone") or {}).get("int8_target")
+               for name in ("audio", "video")}
+    if "amx" in targets and cpu_has_amx() is False:
+        warnings.warn(f"{model_dir}: exported with --int8-target amx (convolutions laid out for Intel AMX), but "
+                      "this CPU has no AMX: results are the same, but a --int8-target portable export is likely "
+                      "faster here", RuntimeWarning, stacklevel=3)
 
 
 def _checked_file(model_dir: Path, spec: BranchManifest) -> Path:

@@ -248,3 +248,33 @@ def test_branch_run_is_thread_safe(model):
         t.join()
     for i in range(6):
         np.testing.assert_array_equal(results[i], expected[i])
+
+
+def test_an_amx_export_on_a_cpu_without_amx_loads_with_a_warning(tmp_path, monkeypatch):
+    import dataclasses
+    import warnings
+
+    from tivm.runtime import model as model_module
+
+    directory = make_model_dir(tmp_path / "amx")
+    manifest = read_manifest(directory)
+    amx = {"method": "int8", "backbone": {"int8_target": "amx", "gemm_convs": 33}}
+    write_manifest(directory, dataclasses.replace(manifest, video=dataclasses.replace(manifest.video, quantization=amx)))
+    monkeypatch.setattr(model_module, "cpu_has_amx", lambda: False)
+    with pytest.warns(RuntimeWarning, match="--int8-target amx.*no AMX"):
+        Model.load(directory, intra_op_threads=1)
+    monkeypatch.setattr(model_module, "cpu_has_amx", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Model.load(directory, intra_op_threads=1)
+
+
+def test_cpu_has_amx_reads_this_machine_or_says_it_cannot_tell():
+    from tivm.runtime.model import cpu_has_amx
+
+    found = cpu_has_amx()
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        assert found is None
+    else:
+        assert found == ("amx_int8" in cpuinfo.read_text())
