@@ -57,7 +57,7 @@ FULL = Plan(mode="full", branches=BRANCHES, precisions=PRECISIONS, e2e_precision
             cli_cold_start_precisions=("fp32", "int8", "int8-amx"), warmup=2, runs=10, thread_runs=5,
             thread_counts=(1, 2),
             clip_runs={5: 5, 15: 5, 60: 3, 300: 2}, search_windows=100_000,
-            library_sizes=(1_000, 10_000, 100_000, 1_000_000), hnsw_max_windows=100_000, search_queries=50,
+            library_sizes=(1_000, 10_000, 100_000, 1_000_000), hnsw_max_windows=1_000_000, search_queries=50,
             build_songs=("singularity_Aberrations_60-90s.ogg", "singularity_Nebula_60-90s.ogg",
                          "singularity_Through_Space_60-90s.ogg", "kevin_macleod_vibe_ace_10-40s.ogg"),
             yt8m_shards="*.tfrecord", yt8m_config="IVM-M", yt8m_epochs=10, synthetic_spec="synthetic:n=3000",

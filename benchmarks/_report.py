@@ -98,8 +98,9 @@ def machine_section(results: dict) -> list[str]:
             f"* Threads: torch.set_num_threads({m.get('threads')}), onnxruntime intra_op_num_threads="
             f"{m.get('threads')} (inter_op 1), OMP_NUM_THREADS={m.get('threads')} in child processes",
             f"* Load average (1, 5, 15 min) at start {m.get('load_average_start')}, at end "
-            f"{m.get('load_average_end')}" + (" — the machine was shared with other jobs: figures are disturbed"
-                                               if m.get("loaded") else ""),
+            f"{m.get('load_average_end')}" + (" — above 0.5 at the start: other work was running or had just "
+                                               "ended (the 1-minute average decays over minutes), so figures may "
+                                               "be disturbed" if m.get("loaded") else ""),
             "* Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
             f"* tivm commit {m.get('git_commit')}; started {m.get('started')}; wall time of the run "
             f"{results.get('wall_seconds', 0):.0f} s"] + _merged_lines(results) + [""]

@@ -100,6 +100,17 @@ def write_outputs(results: dict, out: Path) -> Path:
     return report
 
 
+def render_only(out: Path) -> int:
+    """Report and plots again from results.json (after a change to the report code); targets re-checked."""
+    path = out / DATA_DIR / "results.json"
+    if not path.exists():
+        raise SystemExit(f"--render-only: {path} is missing (run the benchmarks first)")
+    results = json.loads(path.read_text())
+    results["targets"] = _targets.check(results)
+    print(f"wrote {write_outputs(results, out)} from {path}")
+    return 0
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few runs and small sizes (development)")
@@ -108,6 +119,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--only", default="", help=f"comma-separated sections of: {', '.join(SECTIONS)}")
     parser.add_argument("--merge", action="store_true",
                         help="keep the sections not run now from DIR's results.json (same mode only)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="measure nothing: rewrite DIR's report and plots from its results.json")
     args = parser.parse_args(argv)
     unknown = [s for s in filter(None, args.only.split(",")) if s not in SECTIONS]
     if unknown:
@@ -119,6 +132,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        return render_only(args.out)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     plan = QUICK if args.quick else FULL
     ctx = Context(plan=plan, threads=args.threads, out=args.out)

@@ -177,3 +177,16 @@ def test_interleaved_timing_settles_before_each_call_without_timing_the_pause():
                                     warmup=0, runs=3, settle_s=0.02)
     assert all(v["max_ms"] < 15 for v in timed.values())  # the 20 ms pause is outside the measured window
     assert min(np.diff(starts)) >= 0.04  # two pauses between consecutive runs of "a"
+
+
+def test_render_only_rewrites_the_report_from_results_json(tmp_path):
+    from benchmarks.run import main
+
+    results = fake_results(int8_ms=150.0)
+    write_outputs(results, tmp_path)
+    (tmp_path / "benchmarks.md").write_text("stale")
+    assert main(["--out", str(tmp_path), "--render-only"]) == 0
+    text = (tmp_path / "benchmarks.md").read_text()
+    assert "- [x] ResNet-50 video branch" in text  # targets were checked again, not carried as text
+    with pytest.raises(SystemExit, match="results.json is missing"):
+        main(["--out", str(tmp_path / "empty"), "--render-only"])
