@@ -126,8 +126,45 @@ def recall_parity(results: dict, path: Path) -> Path | None:
     return path
 
 
+def _cosine_cases(results: dict) -> dict[str, list[float]]:
+    """{"<gallery> <branch>": percentiles 0..100 of the per-item fp32-vs-int8 cosine}."""
+    cases = {}
+    yt8m = results.get("parity_yt8m")
+    entries = {"YouTube-8M": yt8m} if is_measured(yt8m) else {}
+    synthetic = results.get("parity_synthetic")
+    if is_measured(synthetic):
+        entries.update({f"synthetic {n}": e for n, e in synthetic["configs"].items() if is_measured(e)})
+    for name, entry in entries.items():
+        for branch, summary in entry.get("cosine_fp32_vs_int8", {}).items():
+            if "percentiles" in summary:
+                cases[f"{name} {branch}"] = summary["percentiles"]
+    return cases
+
+
+def cosine_distribution(results: dict, path: Path) -> Path | None:
+    """Per-item 1 - cosine(fp32, int8) as a distribution (percentile curves, log scale), one line per case."""
+    cases = _cosine_cases(results)
+    if not cases:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, percentiles in cases.items():
+        gap = [max(1.0 - c, 1e-7) for c in percentiles]  # 1e-7: float32 rounding floor, keeps log scale finite
+        ax.plot(range(101), gap, label=name, linestyle="--" if name.endswith("audio") else "-")
+    ax.set_yscale("log")
+    ax.set_xlabel("percentile of items")
+    ax.set_ylabel("1 − cosine(fp32 PyTorch, int8 runtime)")
+    ax.set_title("Per-item embedding agreement, int8 vs fp32")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
 def draw_all(results: dict, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     made = [latency_stages(results, folder / "latency_stages.png"), clip_length(results, folder / "clip_length.png"),
-            library_size(results, folder / "library_size.png"), recall_parity(results, folder / "recall_parity.png")]
+            library_size(results, folder / "library_size.png"), recall_parity(results, folder / "recall_parity.png"),
+            cosine_distribution(results, folder / "cosine_distribution.png")]
     return [p for p in made if p is not None]

@@ -86,5 +86,7 @@ def cosine_summary(a: np.ndarray, b: np.ndarray) -> dict:
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"embeddings must have the same (N, D) shape, got {a.shape} and {b.shape}")
     cos = (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    # the whole distribution as its percentiles 0, 1, ..., 100 (compact in the JSON, enough to plot it)
+    percentiles = np.percentile(cos, np.arange(101))
     return {"n": int(cos.size), "min": float(cos.min()), "p1": float(np.percentile(cos, 1)),
-            "median": float(np.median(cos))}
+            "median": float(np.median(cos)), "percentiles": [float(x) for x in percentiles]}

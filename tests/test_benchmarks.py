@@ -75,6 +75,8 @@ def test_cosine_summary_of_identical_and_flipped_rows():
     b[0] *= -1
     summary = _stats.cosine_summary(a, b)
     assert summary["min"] == pytest.approx(-1.0) and summary["median"] == pytest.approx(1.0)
+    assert len(summary["percentiles"]) == 101 and summary["percentiles"][0] == pytest.approx(-1.0)
+    assert summary["percentiles"][-1] == pytest.approx(1.0) and summary["percentiles"] == sorted(summary["percentiles"])
     with pytest.raises(ValueError):
         _stats.cosine_summary(a, b[:, :4])
 
@@ -117,7 +119,7 @@ def test_report_shows_figures_and_not_measured_reasons(tmp_path):
     saved = json.loads((tmp_path / "benchmarks" / "results.json").read_text())
     assert saved["latency"]["branches"]["resnet50"]["onnxruntime-int8"]["model"]["median_ms"] == 150.0
     pngs = sorted(p.name for p in (tmp_path / "benchmarks").glob("*.png"))
-    assert pngs == ["latency_stages.png", "recall_parity.png"]
+    assert pngs == ["latency_stages.png", "recall_parity.png"]  # fake cosines carry no percentiles: no plot
     assert all((tmp_path / "benchmarks" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
 
 
@@ -190,3 +192,13 @@ def test_render_only_rewrites_the_report_from_results_json(tmp_path):
     assert "- [x] ResNet-50 video branch" in text  # targets were checked again, not carried as text
     with pytest.raises(SystemExit, match="results.json is missing"):
         main(["--out", str(tmp_path / "empty"), "--render-only"])
+
+
+def test_cosine_distribution_is_plotted_when_percentiles_were_measured(tmp_path):
+    from benchmarks import _plots
+
+    results = fake_results()
+    for branch in ("audio", "video"):
+        results["parity_yt8m"]["cosine_fp32_vs_int8"][branch]["percentiles"] = list(np.linspace(0.999, 1.0, 101))
+    path = _plots.cosine_distribution(results, tmp_path / "c.png")
+    assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
