@@ -7,6 +7,7 @@ from pathlib import Path
 from benchmarks._engines import BRANCHES, SPEED_PRECISIONS, engine_name
 from benchmarks._report import ENGINES
 from benchmarks._stats import is_measured
+from benchmarks._targets import parity_cases
 
 DPI = 110
 SHORT = {"resnet50": "ResNet-50", "efficientnet-lite0": "Lite0", "vggish": "VGGish"}
@@ -20,6 +21,13 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
 
 
 def latency_stages(results: dict, path: Path) -> Path | None:
@@ -47,10 +55,7 @@ def latency_stages(results: dict, path: Path) -> Path | None:
     ax.set_ylabel("ms (median)")
     ax.set_title(f"One 15 s clip, per stage ({latency['threads']} threads)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def clip_length(results: dict, path: Path) -> Path | None:
@@ -75,10 +80,7 @@ def clip_length(results: dict, path: Path) -> Path | None:
     ax.set_ylabel("decode → songs (ms, median)")
     ax.set_title("ResNet-50 query path against clip length")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def library_size(results: dict, path: Path) -> Path | None:
@@ -97,10 +99,7 @@ def library_size(results: dict, path: Path) -> Path | None:
     ax.set_ylabel("query ms (median)")
     ax.set_title("Search against library size")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def recall_parity(results: dict, path: Path) -> Path | None:
@@ -120,25 +119,14 @@ def recall_parity(results: dict, path: Path) -> Path | None:
     ax.set_ylabel("Recall@k (%)")
     ax.set_title(f"YouTube-8M music videos (N = {yt8m['n']})")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _cosine_cases(results: dict) -> dict[str, list[float]]:
-    """{"<gallery> <branch>": percentiles 0..100 of the per-item fp32-vs-int8 cosine}."""
-    cases = {}
-    yt8m = results.get("parity_yt8m")
-    entries = {"YouTube-8M": yt8m} if is_measured(yt8m) else {}
-    synthetic = results.get("parity_synthetic")
-    if is_measured(synthetic):
-        entries.update({f"synthetic {n}": e for n, e in synthetic["configs"].items() if is_measured(e)})
-    for name, entry in entries.items():
-        for branch, summary in entry.get("cosine_fp32_vs_int8", {}).items():
-            if "percentiles" in summary:
-                cases[f"{name} {branch}"] = summary["percentiles"]
-    return cases
+    """{"<case> <branch>": percentiles 0..100 of the per-item fp32-vs-int8 cosine}."""
+    return {f"{name} {branch}": summary["percentiles"]
+            for name, entry in parity_cases(results).items()
+            for branch, summary in entry.get("cosine_fp32_vs_int8", {}).items() if "percentiles" in summary}
 
 
 def cosine_distribution(results: dict, path: Path) -> Path | None:
@@ -156,10 +144,7 @@ def cosine_distribution(results: dict, path: Path) -> Path | None:
     ax.set_ylabel("1 − cosine(fp32 PyTorch, int8 runtime)")
     ax.set_title("Per-item embedding agreement, int8 vs fp32")
     ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def draw_all(results: dict, folder: Path) -> list[Path]:

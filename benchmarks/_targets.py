@@ -70,7 +70,8 @@ def size_targets(results: dict) -> list[dict]:
                     all(s <= MAX_INT8_SIZE_SHARE for s in shares.values()))]
 
 
-def _parity_cases(results: dict) -> dict:
+def parity_cases(results: dict) -> dict:
+    """{"YouTube-8M <config>" | "synthetic <config>": parity entry} of every measured recall-parity case."""
     cases = {}
     yt8m = results.get("parity_yt8m", {})
     if is_measured(yt8m):
@@ -85,7 +86,7 @@ def _parity_cases(results: dict) -> dict:
 
 def recall_targets(results: dict) -> list[dict]:
     name = f"|ΔRecall@k| ≤ {MAX_RECALL_DELTA_POINTS} points at every k (int8 runtime vs fp32 PyTorch)"
-    cases = _parity_cases(results)
+    cases = parity_cases(results)
     if not cases:
         return [_target(name, "not measured", None)]
     worst, coarse = {}, []

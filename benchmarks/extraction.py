@@ -15,29 +15,27 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
 
-from tivm.train import backbones as B
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run as a script: make `benchmarks` importable
+
+from benchmarks._stats import time_call  # noqa: E402
+from tivm.train import backbones as B  # noqa: E402
+
 DEFAULT_CLIP = Path(os.environ.get("TIVM_SHARED", REPO.parent / "shared")) / "media" / "clips" / "bbb_0-15s.mp4"
 CLIP_SECONDS = 15
 IMAGE_BACKBONES = ("resnet50", "efficientnet-lite0")
 
 
 def timed(function, repeats: int) -> tuple[float, object]:
-    """Median wall time of `function()` over `repeats` runs (after one warm-up), and its last result."""
-    result = function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+    """Median wall time in seconds of `function()` over `repeats` runs (after one warm-up), and its last result."""
+    summary, result = time_call(function, 1, repeats)
+    return summary["median_ms"] / 1000.0, result
 
 
 def random_model(name: str) -> torch.nn.Module:

@@ -27,3 +27,14 @@ def media_dir() -> Path:
 @pytest.fixture
 def yt8m_dir() -> Path:
     return shared_path("data", "yt8m", "video_level")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (small models: thread start-up costs more than it saves), then back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

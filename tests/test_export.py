@@ -335,29 +335,20 @@ def _conv_net_int8(tmp_path: Path) -> Path:
     return int8
 
 
-def _conv_zero_points(path: Path) -> dict[int, np.ndarray]:
-    """{depth: weight zero points} of each convolution's DequantizeLinear."""
+def _conv_weights(path: Path) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{depth: (int8 weights, scales, zero points)} of each convolution's weight DequantizeLinear."""
     from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     conv_weights = {n.input[1] for n in graph.node if n.op_type == "Conv"}
-    return {int(np.prod(inits[n.input[0]].shape[1:])): inits[n.input[2]] for n in graph.node
-            if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights}
+    return {int(np.prod(inits[n.input[0]].shape[1:])): tuple(inits[name] for name in n.input[:3])
+            for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights}
 
 
-def _dequantized_conv_weights(path: Path) -> list[np.ndarray]:
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(path)).graph
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    conv_weights = {n.input[1] for n in graph.node if n.op_type == "Conv"}
-    out = []
-    for n in graph.node:
-        if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights:
-            q, scale, zp = inits[n.input[0]].astype(np.float64), inits[n.input[1]], inits[n.input[2]]
-            out.append((q - zp.reshape(-1, 1, 1, 1)) * scale.reshape(-1, 1, 1, 1))
-    return out
+def _dequantized(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
+    per_channel = (-1,) + (1,) * (q.ndim - 1)
+    return (q.astype(np.float64) - zero_point.reshape(per_channel)) * scale.reshape(per_channel)
 
 
 def test_amx_target_moves_only_deep_convolutions_and_keeps_the_arithmetic(tmp_path):
@@ -368,11 +359,11 @@ def test_amx_target_moves_only_deep_convolutions_and_keeps_the_arithmetic(tmp_pa
     amx.write_bytes(portable.read_bytes())
     record = quant.route_deep_convs_to_gemm(amx)
     assert record["gemm_convs"] == 1 and record["symmetric_convs"] == 1
-    before, after = _conv_zero_points(portable), _conv_zero_points(amx)
-    assert set(before) == {576, 64} and all(not zp.any() for zp in before.values())
-    assert (after[576] == quant.GEMM_WEIGHT_ZERO_POINT).all() and not after[64].any()
-    for w_portable, w_amx in zip(_dequantized_conv_weights(portable), _dequantized_conv_weights(amx)):
-        np.testing.assert_array_equal(w_portable, w_amx)
+    before, after = _conv_weights(portable), _conv_weights(amx)
+    assert set(before) == set(after) == {576, 64} and all(not zp.any() for _, _, zp in before.values())
+    assert (after[576][2] == quant.GEMM_WEIGHT_ZERO_POINT).all() and not after[64][2].any()
+    for depth in before:
+        np.testing.assert_array_equal(_dequantized(*before[depth]), _dequantized(*after[depth]))
     x = np.random.default_rng(1).standard_normal((3, 64, 12, 12)).astype(np.float32)
     outputs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
                for p in (portable, amx)]

@@ -16,12 +16,7 @@ from tivm.train.models import (CONFIG_NAMES, EMBED_DIM, build_model, config_path
 AUDIO_DIM, VIDEO_DIM = 128, 1000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------- models

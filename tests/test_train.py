@@ -20,12 +20,7 @@ from tivm.train.trainer import TrainArgs, fit
 SMALL = dict(t=8, audio_dim=16, video_dim=24, latent_dim=8, noise=0.3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_config(name: str = "TIVM", **train) -> dict:
