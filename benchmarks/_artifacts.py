@@ -43,6 +43,11 @@ TRAIN_CODE = ("train/models.py", "train/checkpoint.py", "train/synthetic.py", "t
 VENV_BIN = Path(sys.executable).parent
 
 
+def say(message: str) -> None:
+    """Progress while an artefact is built (minutes on a cold cache), on the run's own output."""
+    print(f"  [{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
 def cache_root() -> Path:
     root = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
     root.mkdir(parents=True, exist_ok=True)
@@ -95,6 +100,7 @@ def backbone_weights(name: str) -> Path:
         return backbones.weights_file(name)
     path = cache_root() / "weights" / f"random-{name}-seed{RANDOM_WEIGHTS_SEED}.pth"
     if not path.exists():
+        say(f"writing random {name} weights in the official format to {path}")
         backbones.save_random_weights(name, path.with_suffix(".tmp"), seed=RANDOM_WEIGHTS_SEED).rename(path)
     return path
 
@@ -135,13 +141,16 @@ def trained_run(config: str, fs, data_spec: str, epochs: int, label: int | None 
         return run, 0.0
     if run.exists():
         shutil.rmtree(run)
+    say(f"training {config} for {epochs} epoch(s) on {data_spec} (first run only; cached in {run.parent})")
     started = time.perf_counter()
     cfg = load_config(config)
     parts = split_data(fs, label)
     torch.manual_seed(seed)
     args = TrainArgs.from_config(cfg, epochs=epochs, patience=epochs, seed=seed, progress=False)
     fit(cfg, parts, run, args, data=data_record(fs, data_spec, label, parts))
-    return run, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    say(f"trained {config} in {seconds:.0f} s")
+    return run, seconds
 
 
 # ---------------------------------------------------------------------------------------------- exports
@@ -193,6 +202,7 @@ def _run_export(checkpoint: Path, out: Path, args: list[str], record_path: Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     report = out.parent / f"{out.name}.report.json"
     command = [tool("tivm-export"), str(checkpoint), "-o", str(out), "--json", str(report), *args]
+    say(f"building {out.name} with tivm-export (first run only; cached in {out.parent})")
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
@@ -203,7 +213,9 @@ def _run_export(checkpoint: Path, out: Path, args: list[str], record_path: Path,
         tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
         reason = f"tivm-export exited {done.returncode}: {' | '.join(tail)[:400]}"
         failure.write_text(reason + "\n")  # remembered until the export code or the inputs change (the key)
+        say(f"tivm-export failed after {seconds:.0f} s: {reason}")
         raise NotMeasured(reason)
+    say(f"built {out.name} in {seconds:.0f} s")
     record = {"command": " ".join(Path(c).name if i == 0 else c for i, c in enumerate(command)),
               "seconds": round(seconds, 1),
               "report": json.loads(report.read_text()) if report.exists() else None}
