@@ -27,6 +27,7 @@ import numpy as np
 
 from tivm.runtime import resample as resampling
 from tivm.runtime.errors import AudioTooShortError, MediaError
+from tivm.runtime.media import open_media
 
 SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 400  # 25 ms
@@ -113,11 +114,7 @@ def load_audio(
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     if offset < 0 or (duration is not None and duration <= 0):
         raise ValueError(f"offset must be >= 0 and duration > 0, got offset={offset}, duration={duration}")
-    _check_file(path)
-    try:
-        container = av.open(path, metadata_errors="replace")
-    except (av.error.FFmpegError, OSError, UnicodeError) as e:
-        raise MediaError(path, f"not a readable media file ({_reason(e)})") from None
+    container = open_media(path, metadata_errors="replace")
     with container:
         stream = _audio_stream(container, path)
         waveform = _decode_resampled(container, stream, path, sample_rate, offset, duration)
@@ -129,15 +126,6 @@ def load_audio(
         raise MediaError(path, "the audio contains NaN or infinite samples")
     # Resampling and lossy decoders overshoot full scale slightly; callers are promised [-1, 1].
     return np.clip(waveform, -1.0, 1.0, out=waveform)
-
-
-def _check_file(path: str) -> None:
-    if not os.path.exists(path):
-        raise MediaError(path, "file not found")
-    if not os.path.isfile(path):
-        raise MediaError(path, "not a regular file")
-    if os.path.getsize(path) == 0:
-        raise MediaError(path, "file is empty (0 bytes)")
 
 
 def _reason(error: BaseException) -> str:
@@ -254,6 +242,27 @@ def _frame_to_mono(frame) -> np.ndarray:
         return samples[0].astype(np.float32)
     # float32 sums of a few channels lose nothing that matters (~1e-7 relative) and skip a float64 pass
     return (np.add.reduce(samples.astype(np.float32, copy=False), axis=0) / channels).astype(np.float32)
+
+
+def as_float_waveform(samples) -> np.ndarray:
+    """A mono waveform given by a caller as float32 in [-1, 1].
+
+    Integer PCM (uint8, int16, int32, int64) is scaled as decoders do (int16: / 32768), so a buffer
+    straight from a WAV reader or a phone's recorder works; a float waveform must already be in [-1, 1]
+    (values beyond are clipped, as decoded audio is) and finite; anything else is a ValueError.
+    """
+    samples = np.asarray(samples)
+    if samples.ndim != 1:
+        raise ValueError(f"expected a mono waveform (n,), got shape {samples.shape}")
+    if samples.dtype in _INT_SCALES:
+        shift, scale = _INT_SCALES[samples.dtype]
+        return ((samples.astype(np.float64) - shift) * scale).astype(np.float32)
+    if samples.dtype.kind != "f":
+        raise ValueError(f"expected float or integer PCM samples, got dtype {samples.dtype}")
+    waveform = samples.astype(np.float32)
+    if not np.isfinite(waveform).all():
+        raise ValueError("waveform contains NaN or infinite samples")
+    return np.clip(waveform, -1.0, 1.0, out=waveform)
 
 
 class _SampleBuffer:

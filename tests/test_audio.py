@@ -371,11 +371,11 @@ def _assert_media_error(path, problem_pattern, error_type=MediaError):
 
 
 def test_missing_file(tmp_path):
-    _assert_media_error(tmp_path / "nothing here.wav", "file not found")
+    _assert_media_error(tmp_path / "nothing here.wav", "no such file")
 
 
 def test_directory(tmp_path):
-    _assert_media_error(tmp_path, "not a regular file")
+    _assert_media_error(tmp_path, "is a folder")
 
 
 def test_zero_length_file(tmp_path):
