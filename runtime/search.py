@@ -9,11 +9,12 @@ its best retrieved window, so a song with no window among them is left out.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tivm.runtime.files import atomic_path, write_text
 
 # Converting float16 to float32 costs ~10x the product itself, so a library up to this size is converted
 # once, when the search is made; larger ones stream float16 chunks from the memory map. Measured
@@ -90,8 +91,8 @@ class ExactSearch:
 class FaissSearch:
     """Approximate: an HNSW inner-product index over the windows (faiss-cpu, extra `ann`).
 
-    Building takes minutes for 10^5..10^6 windows, so `cached()` keeps the index in a sidecar file next to
-    the library (FAISS's own binary format, never pickle) with a JSON key that says which library it indexes.
+    Building takes minutes for 10^5..10^6 windows, so `cached()` keeps the index in the user's cache
+    folder (FAISS's own binary format, never pickle) with a JSON key that says which library it indexes.
     """
 
     name = "hnsw"
@@ -124,12 +125,12 @@ class FaissSearch:
             pass  # no usable cache: build
         search = cls(embeddings, song_offsets)
         try:
-            tmp = index_path.with_name(f".{index_path.name}.tmp")
-            faiss.write_index(search.index, str(tmp))
-            os.replace(tmp, index_path)
-            key_path.write_text(json.dumps(key, sort_keys=True))
+            index_path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(index_path) as tmp:
+                faiss.write_index(search.index, str(tmp))
+            write_text(key_path, json.dumps(key, sort_keys=True))
         except (OSError, RuntimeError):
-            pass  # a read-only library folder: the index lives for this process only
+            pass  # no writable cache: the index lives for this process only
         return search
 
     def top_windows(self, query: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
