@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,6 +32,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from tivm.runtime.errors import LibraryError, MediaError, TivmError
+from tivm.runtime.files import atomic_write, check_output
+from tivm.runtime.media import check_local_file, open_media
 from tivm.runtime.manifest import file_sha256
 
 FORMAT = "tivm-library"
@@ -46,6 +47,12 @@ ARRAYS = ("embeddings", "window_start", "song_offsets", "song_embeddings", "titl
           "sha256", "meta")
 ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... file name length, extra field length
 ZIP_LOCAL_SIGNATURE = b"PK\x03\x04"
+EMBEDDING_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+# float16 storage rounds a unit vector's norm by ~1e-3; anything further off was not written by tivm
+UNIT_NORM_TOLERANCE = 0.01
+START_TOLERANCE_SECONDS = 0.5  # window starts are rounded to steps of 0.96 s or 1 / fps
+MAX_SECONDS = 86400.0  # hop and window lengths beyond a day are not settings but corruption
+CHECK_CHUNK_ROWS = 1 << 16  # rows per finiteness/norm check: bounds the float32 copy of a memory map
 
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compare by identity
@@ -79,13 +86,33 @@ class SongLibrary:
     def model_fingerprint(self) -> str:
         return self.meta["model_fingerprint"]
 
-    @property
-    def window_song(self) -> np.ndarray:
-        """Song index of every window (W,)."""
-        return np.repeat(np.arange(self.n_songs), np.diff(self.song_offsets))
-
     def song_path(self, index: int) -> Path:
-        return Path(self.meta["root"]) / str(self.paths[index])
+        """Where song `index` lives: its stored relative path under the library's songs folder.
+
+        Only joins names (songs may have moved since the build); `song_file` checks the file is there.
+        """
+        return Path(str(self.meta.get("root", ""))) / str(self.paths[index])
+
+    def song_file(self, index: int) -> Path:
+        """The song's file, resolved: LibraryError unless it is a regular file inside the songs folder.
+
+        Paths in a library are data from whoever made the file: a symbolic link, `..` or an absolute path
+        must not lead the runtime to read anything outside the folder the library was built from.
+        """
+        where = self.source or "library"
+        root = Path(str(self.meta.get("root", "")))
+        if not root.is_absolute():  # relative to what? the build always records an absolute folder
+            raise LibraryError(f"{where}: songs folder {str(root)!r} is not an absolute path")
+        candidate = self.song_path(index)
+        root = root.resolve()
+        resolved = candidate.resolve()
+        if not resolved.is_relative_to(root):
+            raise LibraryError(f"{where}: song path {str(self.paths[index])!r} leads outside the songs folder "
+                               f"{root}")
+        if not resolved.is_file():
+            problem = "is not a regular file" if resolved.exists() else "is missing (moved or deleted?)"
+            raise LibraryError(f"{where}: song {candidate} {problem}")
+        return resolved
 
     def check_model(self, fingerprint: str, model_dir: str | os.PathLike | None = None) -> None:
         """LibraryError unless this library was embedded by the model with this fingerprint."""
@@ -96,19 +123,12 @@ class SongLibrary:
                 f"{f' ({model_dir})' if model_dir else ''}; rebuild it with `tivm-library build --model`")
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temp file + rename), uncompressed so `embeddings` stays memory-mappable."""
-        path = Path(path)
+        """Write atomically, uncompressed so `embeddings` stays memory-mappable."""
         arrays = {name: getattr(self, name) for name in ARRAYS if name != "meta"}
         arrays["meta"] = np.array(json.dumps(self.meta, sort_keys=True))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True) -> "SongLibrary":
@@ -124,12 +144,15 @@ class SongLibrary:
                 if missing:
                     raise LibraryError(f"{path}: not a tivm library (missing {', '.join(missing)})")
                 arrays = {n: npz[n] for n in ARRAYS if n != "embeddings" or not mmap}
+            not_npy = [n for n, a in arrays.items() if not isinstance(a, np.ndarray)]
+            if not_npy:  # np.load hands back the raw bytes of a member without an .npy header
+                raise ValueError(f"member {not_npy[0]} is not an .npy array")
             if mmap:
                 arrays["embeddings"] = _mmap_member(path, "embeddings")
-            meta = json.loads(str(arrays.pop("meta")))
+            meta = _read_meta(arrays.pop("meta"))
         except LibraryError:
             raise
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise LibraryError(f"{path}: corrupt or not a tivm library ({type(exc).__name__}: {exc})") from None
         for array in arrays.values():
             array.flags.writeable = False  # shared between threads: nobody may change it in place
@@ -138,30 +161,139 @@ class SongLibrary:
         return library
 
     def validate(self) -> None:
-        where = self.source or "library"
-        meta = self.meta
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise LibraryError(f"{where}: not a tivm library (format is not {FORMAT!r})")
-        if meta.get("version") != VERSION:
-            raise LibraryError(f"{where}: library version {meta.get('version')!r} is not supported "
-                               f"(this tivm reads {VERSION}); rebuild it")
-        s, w = len(self.titles), len(self.embeddings)
-        offsets = self.song_offsets
-        checks = [
-            (self.embeddings.ndim != 2, "embeddings is not 2-d"),
-            (len(offsets) != s + 1, "song_offsets length is not songs + 1"),
-            (len(offsets) > 0 and (offsets[0] != 0 or offsets[-1] != w), "song_offsets do not span the windows"),
-            (bool(np.any(np.diff(offsets) < 1)), "a song has no window"),
-            (len(self.window_start) != w, "window_start length differs from embeddings"),
-            (any(len(a) != s for a in (self.paths, self.durations, self.sha256, self.song_embeddings)),
-             "per-song arrays differ in length"),
-            (self.song_embeddings.ndim != 2 or self.song_embeddings.shape[-1] != self.embeddings.shape[-1],
-             "song_embeddings and embeddings differ in dimension"),
-            ("model_fingerprint" not in meta, "meta lacks model_fingerprint"),
-        ]
-        problems = [message for failed, message in checks if failed]
+        """LibraryError unless every array has the type, shape and values the runtime relies on.
+
+        A library is untrusted input: a NaN window would reorder other songs' windows in the ranking, a
+        float song_offsets would index nothing, a negative start would be shown to users.
+        """
+        problems = _meta_problems(self.meta) or _array_problems(self)
         if problems:
+            where = self.source or "library"
+            if problems[0].startswith("not a tivm library") or problems[0].startswith("library version"):
+                raise LibraryError(f"{where}: {problems[0]}")
             raise LibraryError(f"{where}: corrupt library ({'; '.join(problems)})")
+
+
+def is_library(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a tivm library (any version): what an output may replace."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "meta.npy" not in getattr(npz, "zip").namelist():
+                return False
+            meta = json.loads(str(npz["meta"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, AttributeError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def _read_meta(array: np.ndarray) -> dict:
+    if array.dtype.kind != "U" or array.ndim != 0:
+        raise LibraryError(f"meta is {array.dtype} {array.shape}, expected one JSON string")
+    try:
+        meta = json.loads(str(array), parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise ValueError(f"meta is not valid JSON ({exc})") from None
+    return meta
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _meta_problems(meta) -> list[str]:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return [f"not a tivm library (format is not {FORMAT!r})"]
+    if meta.get("version") != VERSION:
+        return [f"library version {meta.get('version')!r} is not supported (this tivm reads {VERSION}); "
+                "rebuild it"]
+    problems = []
+    fingerprint = meta.get("model_fingerprint")
+    if not (isinstance(fingerprint, str) and len(fingerprint) == 64
+            and all(c in "0123456789abcdef" for c in fingerprint)):
+        problems.append("meta.model_fingerprint is not a sha256 hex string")
+    for key in ("root", "model_dir"):
+        if key in meta and not isinstance(meta[key], str):
+            problems.append(f"meta.{key} is not a string")
+    for key in ("hop_seconds", "window_seconds"):
+        value = meta.get(key)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= MAX_SECONDS):
+            problems.append(f"meta.{key} is not a number of seconds in (0, {MAX_SECONDS:g}]")
+    return problems
+
+
+def _array_problems(library: "SongLibrary") -> list[str]:
+    """Types and shapes first (cheap), then values; stops at the first failing group so a wrong shape is
+    reported as such, not as the errors it would cause further down."""
+    emb, starts, offsets = library.embeddings, library.window_start, library.song_offsets
+    song_emb, durations = library.song_embeddings, library.durations
+    text = {name: getattr(library, name) for name in ("titles", "paths", "sha256")}
+    types = [
+        (emb.ndim == 2 and emb.dtype in EMBEDDING_DTYPES and emb.shape[0] > 0 and emb.shape[1] > 0,
+         f"embeddings is {emb.dtype} {emb.shape}, expected 2-d float16/float32 with rows"),
+        (starts.ndim == 1 and starts.dtype.kind == "f", f"window_start is {starts.dtype} {starts.shape}, "
+         "expected 1-d float"),
+        (offsets.ndim == 1 and offsets.dtype.kind in "iu", f"song_offsets is {offsets.dtype} {offsets.shape}, "
+         "expected 1-d integer"),
+        (song_emb.ndim == 2 and song_emb.dtype in EMBEDDING_DTYPES, f"song_embeddings is {song_emb.dtype} "
+         f"{song_emb.shape}, expected 2-d float16/float32"),
+        (durations.ndim == 1 and durations.dtype.kind == "f", f"durations is {durations.dtype} {durations.shape}, "
+         "expected 1-d float"),
+    ] + [(a.ndim == 1 and a.dtype.kind == "U", f"{name} is {a.dtype} {a.shape}, expected 1-d text")
+         for name, a in text.items()]
+    problems = [message for ok, message in types if not ok]
+    if problems:
+        return problems
+    s, w = len(library.titles), len(emb)
+    shapes = [
+        (len(offsets) == s + 1, "song_offsets length is not songs + 1"),
+        (len(starts) == w, "window_start length differs from embeddings"),
+        (all(len(a) == s for a in (library.paths, durations, library.sha256, song_emb)),
+         "per-song arrays differ in length"),
+        (song_emb.shape[1] == emb.shape[1], "song_embeddings and embeddings differ in dimension"),
+    ]
+    problems = [message for ok, message in shapes if not ok]
+    if problems:
+        return problems
+    if offsets[0] != 0 or offsets[-1] != w:
+        return ["song_offsets do not span the windows"]
+    if np.any(np.diff(offsets) < 1):
+        return ["a song has no window"]
+    if not np.all(np.isfinite(durations)) or np.any(durations <= 0):
+        return ["durations are not all positive finite seconds"]
+    if not np.all(np.isfinite(starts)) or np.any(starts < 0):
+        return ["window_start is not all finite seconds >= 0"]
+    song_of_window = np.repeat(np.arange(s), np.diff(offsets))
+    if np.any(starts > durations[song_of_window] + START_TOLERANCE_SECONDS):
+        return ["a window starts after the end of its song"]
+    problems = [f"{name}: {problem}" for name, problem in
+                (("embeddings", _unit_rows_problem(emb)), ("song_embeddings", _unit_rows_problem(song_emb)))
+                if problem]
+    bad = [str(p) for p in library.paths if not _is_plain_relative(str(p))]
+    if bad:
+        problems.append(f"paths must be relative and stay inside the songs folder, got {bad[0]!r}")
+    return problems
+
+
+def _unit_rows_problem(matrix: np.ndarray) -> str | None:
+    """Rows must be finite and L2-normalised (one pass in chunks: `embeddings` may be a large memory map)."""
+    for start in range(0, len(matrix), CHECK_CHUNK_ROWS):
+        chunk = np.asarray(matrix[start:start + CHECK_CHUNK_ROWS], dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
+        bad = np.flatnonzero(~(np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE))  # NaN fails the comparison too
+        if len(bad):
+            row = start + int(bad[0])
+            value = "not finite" if not np.isfinite(norms[bad[0]]) else f"has norm {norms[bad[0]]:.4g}"
+            return f"row {row} {value} (expected unit-length vectors)"
+    return None
+
+
+def _is_plain_relative(path: str) -> bool:
+    if not path or "\x00" in path or os.path.isabs(path) or "\\" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
 @dataclass
@@ -188,21 +320,23 @@ class _Song:
 
 
 def scan_songs(songs_dir: str | os.PathLike) -> tuple[list[Path], list[Path]]:
-    """(audio files by extension, other files) under a folder, recursively, in a stable order."""
+    """(entries with an audio extension, other files) under a folder, recursively, in a stable order.
+
+    Audio-named entries that are not regular files (broken links, pipes) are kept, so the build reports
+    them as failures instead of dropping them silently.
+    """
     root = Path(songs_dir)
     if not root.is_dir():
         raise LibraryError(f"{root}: not a folder of songs")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    audio = [p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS]
-    return audio, [p for p in files if p.suffix.lower() not in AUDIO_EXTENSIONS]
+    entries = sorted(p for p in root.rglob("*") if not p.name.startswith(".") and not p.is_dir())
+    audio = [p for p in entries if p.suffix.lower() in AUDIO_EXTENSIONS]
+    return audio, [p for p in entries if p.suffix.lower() not in AUDIO_EXTENSIONS]
 
 
 def read_title(path: str | os.PathLike) -> str:
     """The title tag when the container or its audio stream has one, else the file stem."""
-    import av
-
     try:
-        with av.open(str(path)) as container:
+        with open_media(path, metadata_errors="replace") as container:
             tags = [container.metadata] + [s.metadata for s in container.streams.audio[:1]]
             for tag in tags:
                 for key, value in tag.items():
@@ -222,6 +356,7 @@ def build_library(songs_dir: str | os.PathLike, model, output: str | os.PathLike
     built with the same model and hop) and drops songs that are gone. Songs that fail are reported and skipped.
     """
     root = Path(songs_dir).resolve()
+    check_output(output, what="library", replaceable=is_library)
     files, others = scan_songs(root)
     report = BuildReport(ignored=[str(p.relative_to(root)) for p in others])
     previous, report.note = _previous_songs(Path(output), model, hop_seconds) if update else ({}, "")
@@ -229,6 +364,7 @@ def build_library(songs_dir: str | os.PathLike, model, output: str | os.PathLike
     for path in _progress(files, progress):
         relative = str(path.relative_to(root))
         try:
+            check_local_file(path)  # before hashing: reading a pipe would block forever
             digest = file_sha256(path)
             if digest in previous:
                 songs.append(_reused(previous[digest], relative, path))
