@@ -7,7 +7,9 @@ window, its frames loop-padded to 15 (see tivm.runtime.model).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from tivm.runtime.model import Model, WindowEmbeddings
 from tivm.runtime.search import make_search
 
 MODEL_ENV = "TIVM_MODEL"
+HOME_ENV = "TIVM_HOME"  # the same cache root as the weights (tivm.train.weights)
 
 
 @dataclass(frozen=True)
@@ -50,14 +53,33 @@ def resolve_model_dir(library: SongLibrary, model_dir: str | os.PathLike | None 
                        "pass --model")
 
 
+def index_cache_dir() -> Path:
+    """Where approximate indexes are cached: `$TIVM_HOME/index`, else the user's cache folder.
+
+    Never beside the library: a library is data someone may have handed the user, and a file next to it
+    could be a crafted index that FAISS's reader was never meant to parse. Only files tivm wrote are read.
+    """
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]) / "index"
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "tivm" / "index"
+
+
 def _index_cache(library: SongLibrary) -> dict:
     """Where an approximate index of this library is cached, and what identifies the library it indexes."""
     if library.source is None:
         return {}
-    stat = library.source.stat()
-    key = {"library": library.source.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+    source = library.source.resolve()
+    stat = source.stat()
+    key = {"library": str(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
            "created": library.meta.get("created"), "model_fingerprint": library.model_fingerprint}
-    return {"index_path": library.source.with_name(library.source.name + ".hnsw"), "index_key": key}
+    name = hashlib.sha256(str(source).encode()).hexdigest()[:32]  # one index per library file, kept fresh
+    return {"index_path": index_cache_dir() / f"{name}.hnsw", "index_key": key}
 
 
 class Recommender:
@@ -87,11 +109,23 @@ class Recommender:
         """The k songs that fit the clip best, best first."""
         return self.recommend_for_query(self.embed_video(video).pooled(), k)
 
+    def _checked_query(self, query) -> np.ndarray:
+        query = np.asarray(query)
+        if query.dtype.kind not in "fiu" or query.shape != (self.library.dim,):
+            raise ValueError(f"query must be a ({self.library.dim},) float vector, got {query.dtype} {query.shape}")
+        query = query.astype(np.float32)
+        if not np.all(np.isfinite(query)):
+            raise ValueError("query holds NaN or infinite values")
+        norm = float(np.linalg.norm(query))
+        if not norm > 0:
+            raise ValueError("query is the zero vector: it matches every song equally")
+        return query / norm  # scores are cosines whatever the caller's scale
+
     def recommend_for_query(self, query: np.ndarray, k: int = 10) -> list[Recommendation]:
         """Rank songs for a query embedding (D,) in the model's space."""
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        hits = self.search.top_songs(query, k)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        hits = self.search.top_songs(self._checked_query(query), int(k))
         window = float(self.library.meta.get("window_seconds", 15.0))
         results = []
         for rank, (song, score, row) in enumerate(zip(hits.songs, hits.scores, hits.windows), start=1):

@@ -89,7 +89,7 @@ def test_api_and_cli_give_identical_rankings(clip_results, setup):
                                       "--json", "--threads", "1"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"clip", "library", "model_fingerprint", "preview", "results"}
+    assert set(payload) == {"clip", "library", "model_fingerprint", "preview", "preview_error", "results"}
     assert payload["results"] == api
     assert all(set(r) == RESULT_KEYS for r in payload["results"])
 
@@ -243,13 +243,16 @@ def test_import_is_fast_and_torch_free():
     assert float(out[0]) < 2.0  # generous for a loaded CI box; typically well under 0.5 s
 
 
-def test_hnsw_search_is_cached_next_to_the_library(setup, recommender, clip_results, clip_query, tmp_path):
+def test_hnsw_search_is_cached_in_the_user_cache(setup, recommender, clip_results, clip_query, tmp_path,
+                                                 monkeypatch):
     pytest.importorskip("faiss")
+    monkeypatch.setenv("TIVM_HOME", str(tmp_path / "home"))
     library = tmp_path / "copy.npz"
     shutil.copy(setup["library"], library)
+    (tmp_path / "copy.npz.hnsw").write_bytes(b"a crafted index beside the library is never read")
     first = Recommender(recommender.model, library, search="hnsw")
-    index = tmp_path / "copy.npz.hnsw"
-    assert first.search.name == "hnsw" and index.is_file() and (tmp_path / "copy.npz.hnsw.json").is_file()
+    [index] = (tmp_path / "home" / "index").glob("*.hnsw")
+    assert first.search.name == "hnsw" and index.with_name(index.name + ".json").is_file()
     built_at = index.stat().st_mtime_ns
     query = clip_query
     again = Recommender(recommender.model, library, search="hnsw")
@@ -257,7 +260,7 @@ def test_hnsw_search_is_cached_next_to_the_library(setup, recommender, clip_resu
     assert again.recommend_for_query(query, 3) == first.recommend_for_query(query, 3) == clip_results[:3]
     library.touch()  # a rebuilt library invalidates the cached index
     Recommender(recommender.model, library, search="hnsw")
-    assert index.stat().st_mtime_ns != built_at
+    assert index.stat().st_mtime_ns != built_at and len(list(index.parent.glob("*.hnsw"))) == 1
 
 
 def test_auto_search_is_exact_while_the_float32_copy_fits():
