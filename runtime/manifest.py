@@ -1,8 +1,8 @@
 """The model manifest: what `tivm-export` writes next to `audio.onnx` / `video.onnx`, and all the runtime reads.
 
-`manifest.json` (format "tivm-model", version 1)::
+`manifest.json` (format "tivm-model", version 2; version 1 still loads)::
 
-    {"format": "tivm-model", "version": 1,
+    {"format": "tivm-model", "version": 2,
      "audio": {"file": "audio.onnx", "sha256": "...", "kind": "full" | "head",
                "input": {"name": "...", "shape": ["batch", "time", 96, 64], "dtype": "float32"},
                "output": {"name": "...", "shape": ["batch", 512], "dtype": "float32"},
@@ -15,8 +15,9 @@
 
 "full" branches take what the runtime's front ends compute (log-mel patches (B, T, 96, 64) or preprocessed
 frames (B, T, 3, 224, 224)); "head" branches take per-second backbone features (B, T, D), D = `feature_dim`.
-`model_fingerprint` is the sha256 over the two branch files' sha256s: a song library records it, so a
-library is only ever queried with the model that embedded its songs.
+`model_fingerprint` is the sha256 over the two branch files' sha256s and every setting that changes an
+embedding (version 1: the files only): a song library records it, so a library is only ever queried with
+the model that embedded its songs.
 """
 
 from __future__ import annotations
@@ -24,23 +25,33 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from tivm.runtime.errors import ModelError
+from tivm.runtime.files import write_text
 
 FORMAT = "tivm-model"
-VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+# 2: model_fingerprint also covers every setting that changes an embedding (EMBEDDING_FIELDS), so editing
+# fps or a mean in manifest.json yields another model, whose libraries must be rebuilt. 1: files only.
+VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 BRANCHES = ("audio", "video")
 KINDS = ("full", "head")
 FINGERPRINT_DOMAIN = b"tivm-model-fingerprint/v1\n"
+FINGERPRINT_DOMAIN_V2 = b"tivm-model-fingerprint/v2\n"
+# What a branch's embedding depends on besides its ONNX file (quantization and provenance do not matter:
+# they describe how the file was made, and the file's sha256 covers the result).
+EMBEDDING_FIELDS = ("kind", "input", "output", "frontend", "clip_seconds", "embedding_dim", "feature_dim")
+MAX_CLIP_SECONDS = 600.0  # one window; the paper's is 15 s
+MAX_FPS = 30.0  # frames per second the video front end samples; the paper's is 1
 HASH_CHUNK_BYTES = 1 << 20
+MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few kB; a huge one is not worth parsing
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,48 @@ class BranchManifest:
             raise ModelError(f"{where}: file must be a plain name inside the model directory, got {self.file!r}")
         if self.embedding_dim <= 0:
             raise ModelError(f"{where}: embedding_dim must be positive, got {self.embedding_dim}")
+        if not (math.isfinite(self.clip_seconds) and 0 < self.clip_seconds <= MAX_CLIP_SECONDS):
+            raise ModelError(f"{where}: clip_seconds must be in (0, {MAX_CLIP_SECONDS:g}], got {self.clip_seconds}")
+        if self.kind == "full":
+            problem = _frontend_problem(self.frontend)
+            if problem:
+                raise ModelError(f"{where}: frontend {problem}")
+
+    def embedding_settings(self) -> dict[str, Any]:
+        """The fields besides the file that change what this branch embeds (hashed into the fingerprint)."""
+        data = self.to_json()
+        return {key: data[key] for key in EMBEDDING_FIELDS}
+
+
+def _frontend_problem(frontend: dict[str, Any]) -> str | None:
+    """What is out of range in a full branch's front end (video: fps, crop, mean, std); None if nothing.
+
+    The audio front end must equal this runtime's exactly (checked at load), the video front end's numbers
+    are per model, so they are bounded here.
+    """
+    if "fps" not in frontend:
+        return None  # audio: compared key by key with audio_frontend() when the model is loaded
+    numbers = {key: frontend.get(key) for key in ("fps", "resize_shorter_side", "center_crop")}
+    if not all(_is_number(v) and v > 0 for v in numbers.values()):
+        return f"fps, resize_shorter_side and center_crop must be positive numbers, got {numbers}"
+    if frontend["fps"] > MAX_FPS:
+        return f"fps must be at most {MAX_FPS:g}, got {frontend['fps']}"
+    if frontend["center_crop"] > frontend["resize_shorter_side"]:
+        return "center_crop is larger than resize_shorter_side"
+    mean, std = frontend.get("mean"), frontend.get("std")
+    if not (_triple(mean) and all(0.0 <= m <= 1.0 for m in mean)):
+        return f"mean must be three numbers in [0, 1], got {mean!r}"
+    if not (_triple(std) and all(0.0 < v <= 1.0 for v in std)):
+        return f"std must be three numbers in (0, 1], got {std!r}"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _triple(values: Any) -> bool:
+    return isinstance(values, list) and len(values) == 3 and all(_is_number(v) for v in values)
 
 
 @dataclass(frozen=True)
@@ -140,7 +193,9 @@ class ModelManifest:
 
     @property
     def model_fingerprint(self) -> str:
-        return model_fingerprint(self.audio.sha256, self.video.sha256)
+        if self.version == 1:  # kept so that libraries built with version-1 models still match
+            return model_fingerprint(self.audio.sha256, self.video.sha256)
+        return model_fingerprint_v2(self.audio, self.video)
 
     @property
     def embedding_dim(self) -> int:
@@ -214,6 +269,15 @@ def model_fingerprint(audio_sha256: str, video_sha256: str) -> str:
     return digest.hexdigest()
 
 
+def model_fingerprint_v2(audio: BranchManifest, video: BranchManifest) -> str:
+    """sha256 over both files' sha256s and both branches' embedding settings (canonical JSON)."""
+    digest = hashlib.sha256(FINGERPRINT_DOMAIN_V2)
+    for name, branch in (("audio", audio), ("video", video)):
+        settings = json.dumps(branch.embedding_settings(), sort_keys=True, separators=(",", ":"))
+        digest.update(f"{name} {branch.sha256}\n{settings}\n".encode())
+    return digest.hexdigest()
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()
@@ -230,9 +294,11 @@ def read_manifest(model_dir: str | os.PathLike) -> ModelManifest:
         raise ModelError(f"{model_dir}: not a model directory (no such directory)")
     if not path.is_file():
         raise ModelError(f"{path}: missing (a model directory holds audio.onnx, video.onnx, manifest.json)")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ModelError(f"{path}: {path.stat().st_size} bytes is too large for a model manifest")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ModelError(f"{path}: not readable JSON ({exc})") from None
     return ModelManifest.from_json(data, str(path))
 
@@ -250,7 +316,7 @@ def write_manifest(model_dir: str | os.PathLike, manifest: ModelManifest) -> Mod
     for name in BRANCHES:
         manifest.branch(name).validate(f"{model_dir / MANIFEST_NAME}: {name}")
     text = json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n"
-    _write_text_atomically(model_dir / MANIFEST_NAME, text)
+    write_text(model_dir / MANIFEST_NAME, text)
     return manifest
 
 
@@ -264,15 +330,8 @@ def _with_checked_sha256(model_dir: Path, branch: BranchManifest) -> BranchManif
     return dataclasses.replace(branch, sha256=actual)
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _require(data: Any, keys: tuple[str, ...], where: str) -> None:

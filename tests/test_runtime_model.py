@@ -101,7 +101,7 @@ def _copy_model(src: Path, dst: Path) -> Path:
 def test_manifest_round_trip(model_dir):
     manifest = read_manifest(model_dir)
     data = json.loads((model_dir / "manifest.json").read_text())
-    assert data["format"] == "tivm-model" and data["version"] == 1
+    assert data["format"] == "tivm-model" and data["version"] == 2
     assert data["model_fingerprint"] == manifest.model_fingerprint
     assert manifest.audio.input.shape == ("batch", "time", 96, 64)
     assert manifest.video.frontend["center_crop"] == 224
