@@ -233,7 +233,7 @@ def test_recommend_cli_and_api_give_the_same_ranking(clip_name, models, library,
     assert ranking(records) == ranking(expected)
     assert np.allclose([r["score"] for r in records], [r["score"] for r in expected], atol=SCORE_TOLERANCE, rtol=0)
     assert payload["model_fingerprint"] == recommender.model.fingerprint
-    assert set(payload) == {"clip", "library", "model_fingerprint", "preview", "results"}
+    assert set(payload) == {"clip", "library", "model_fingerprint", "preview", "preview_error", "results"}
     assert all(set(r) == {"rank", "title", "score", "start", "end", "path", "song_index"} for r in records)
     scores = [r["score"] for r in records]
     assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]  # a ranking, not a tie

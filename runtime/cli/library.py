@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from tivm.runtime.cli.common import check_hop, check_threads, fail, printable, run
 from tivm.runtime.errors import TivmError
 
 MODEL_ENV = "TIVM_MODEL"
@@ -20,32 +21,33 @@ def build(
     songs_dir: Path = typer.Argument(..., help="folder of songs (searched recursively)"),
     output: Path = typer.Option(..., "--output", "-o", help="library file to write (.npz)"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="model directory; default: $TIVM_MODEL"),
-    hop: float = typer.Option(5.0, "--hop", min=1.0, help="seconds between window starts"),
+    hop: float = typer.Option(5.0, "--hop", help="seconds between window starts (1-60)", callback=check_hop),
     update: bool = typer.Option(False, "--update", help="embed only new or changed songs, drop removed ones"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads",
+                                          callback=check_threads),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
-    from tivm.runtime.library import build_library
+    from tivm.runtime.files import check_output
+    from tivm.runtime.library import build_library, is_library
     from tivm.runtime.model import Model
 
     model_dir = model or os.environ.get(MODEL_ENV)
     if not model_dir:
-        typer.echo(f"error: pass --model or set ${MODEL_ENV}", err=True)
-        raise typer.Exit(2)
+        fail(f"pass --model or set ${MODEL_ENV}")
     try:
+        check_output(output, what="library", replaceable=is_library)  # before minutes of embedding
         loaded = Model.load(model_dir, intra_op_threads=threads)
         report = build_library(songs_dir, loaded, output, hop_seconds=hop, update=update, progress=not quiet,
                                on_failure=_report_failure)
     except TivmError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+        fail(exc)
     if report.note:
         typer.echo(report.note)
     if report.ignored:
         typer.echo(f"ignored {len(report.ignored)} file(s) without an audio extension: "
-                   + ", ".join(report.ignored[:5]) + (" …" if len(report.ignored) > 5 else ""))
+                   + ", ".join(printable(p) for p in report.ignored[:5]) + (" …" if len(report.ignored) > 5 else ""))
     library = report.library
-    typer.echo(f"{output}: {library.n_songs} songs, {library.n_windows} windows "
+    typer.echo(f"{printable(output)}: {library.n_songs} songs, {library.n_windows} windows "
                f"(embedded {len(report.embedded)}, reused {len(report.reused)}, removed {len(report.removed)}, "
                f"failed {len(report.failed)})")
 
@@ -55,7 +57,7 @@ def _report_failure(path: str, message: str) -> None:
 
     from tqdm import tqdm
 
-    tqdm.write(f"skipped: {message}", file=sys.stderr)  # above the progress bar, not through it
+    tqdm.write(f"skipped: {printable(message)}", file=sys.stderr)  # above the progress bar, not through it
 
 
 @app.command()
@@ -66,8 +68,7 @@ def info(library: Path = typer.Argument(..., help="library file (.npz)")) -> Non
     try:
         lib = SongLibrary.load(library)
     except TivmError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+        fail(exc)
     meta = lib.meta
     rows = [
         ("songs", lib.n_songs), ("windows", lib.n_windows), ("embedding dim", lib.dim),
@@ -78,11 +79,11 @@ def info(library: Path = typer.Argument(..., help="library file (.npz)")) -> Non
         ("created", meta.get("created")), ("tivm version", meta.get("tivm_version")),
     ]
     for name, value in rows:
-        typer.echo(f"{name:>18}: {value}")
+        typer.echo(f"{name:>18}: {printable(value)}")
 
 
 def main() -> None:
-    app()
+    run(app)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ from typing import Optional
 
 import typer
 
+from tivm.runtime.cli.common import check_threads, fail, printable, run, say_error
 from tivm.runtime.errors import TivmError
+
+MAX_TOP = 10_000  # more rows than any person reads; a program wanting every song asks the API
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -21,38 +24,57 @@ def recommend(
     model: Optional[Path] = typer.Option(
         None, "--model", "-m",
         help="model directory; default: the one the library records, else $TIVM_MODEL"),
-    top: int = typer.Option(10, "--top", "-k", min=1, help="how many songs"),
+    top: int = typer.Option(10, "--top", "-k", min=1, max=MAX_TOP, help="how many songs"),
     as_json: bool = typer.Option(False, "--json", help="print JSON for programs instead of a table"),
     preview: Optional[Path] = typer.Option(
         None, "--preview", help="write the clip with the top song's segment as its soundtrack (.mp4)"),
     search: str = typer.Option("auto", "--search", help="auto | exact | hnsw (approximate, needs faiss-cpu)"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads",
+                                          callback=check_threads),
 ) -> None:
     from tivm.runtime.recommend import Recommender
 
     try:
+        if preview is not None:  # a wrong --preview is found now, not after the clip is embedded
+            from tivm.runtime.preview import check_preview_output
+
+            check_preview_output(preview, clip, library)
         recommender = Recommender(model, library, search=search, intra_op_threads=threads)
         results = recommender.recommend(clip, top)
-        preview_path = None
-        if preview is not None and results:
-            from tivm.runtime.preview import write_preview
-
-            preview_path = write_preview(clip, results[0].path, results[0].start, preview)
     except (TivmError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+        fail(exc)
+    if not as_json:
+        _print_table(results)
+    preview_path, preview_error = _write_preview(recommender, clip, results, preview, library)
     if as_json:
         payload = {"clip": str(clip), "library": str(library), "model_fingerprint": recommender.model.fingerprint,
-                   "preview": None if preview_path is None else str(preview_path),
+                   "preview": None if preview_path is None else str(preview_path), "preview_error": preview_error,
                    "results": [r.to_json() for r in results]}
-        json.dump(payload, sys.stdout, indent=2)
+        json.dump(payload, sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
-        return
+    elif preview_path is not None:
+        typer.echo(f"preview: {printable(preview_path)}")
+    if preview_error is not None:
+        fail(preview_error)
+
+
+def _write_preview(recommender, clip: Path, results, preview: Path | None, library: Path):
+    """(written path, None) or (None, the problem): the ranking stands whatever happens to the preview."""
+    if preview is None or not results:
+        return None, None
+    from tivm.runtime.preview import write_preview
+
+    try:
+        song = recommender.library.song_file(results[0].song_index)
+        return write_preview(clip, song, results[0].start, preview), None
+    except (TivmError, ValueError) as exc:
+        return None, f"no preview: {exc}"
+
+
+def _print_table(results) -> None:
     typer.echo(f"{'rank':>4}  {'score':>7}  {'start':>8}  title")
     for r in results:
-        typer.echo(f"{r.rank:>4}  {r.score:>7.4f}  {_clock(r.start):>8}  {r.title}")
-    if preview_path is not None:
-        typer.echo(f"preview: {preview_path}")
+        typer.echo(f"{r.rank:>4}  {r.score:>7.4f}  {_clock(r.start):>8}  {printable(r.title)}")
 
 
 def _clock(seconds: float) -> str:
@@ -61,7 +83,7 @@ def _clock(seconds: float) -> str:
 
 
 def main() -> None:
-    app()
+    run(app)
 
 
 if __name__ == "__main__":
