@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tivm.runtime.errors import ModelError
-from tivm.train.models import TivmModel, build_model, count_parameters
+from tivm.train.models import TivmModel, build_model, count_parameters, known_keys_only
 
 CHECKPOINT_FORMAT = "tivm-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -135,8 +136,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple
         raise ModelError(f"{record_path}: format is {record.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
     if record.get("version") != CHECKPOINT_VERSION:
         raise ModelError(f"{record_path}: checkpoint version {record.get('version')!r} is not supported")
+    config, ignored = known_keys_only(record.get("config"))
+    if ignored:
+        warnings.warn(f"{record_path}: the run's config holds key(s) no code reads ({', '.join(ignored)}); "
+                      "they never affected the model and are ignored", RuntimeWarning, stacklevel=2)
     try:
-        model = build_model(record["config"], record["audio_dim"], record["video_dim"])
+        model = build_model(config, record["audio_dim"], record["video_dim"])
     except (KeyError, ValueError, TypeError) as e:
         raise ModelError(f"{record_path}: cannot rebuild the model ({e})") from None
     weights = Path(path) if Path(path).suffix == ".safetensors" else record_path.parent / record["weights"]

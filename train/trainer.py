@@ -36,7 +36,8 @@ from tivm.train.data import input_stats
 from tivm.train.dataset import FeatureSet
 from tivm.train.losses import compute_loss
 from tivm.train.metrics import retrieval_metrics
-from tivm.train.models import TivmModel, build_model, count_parameters
+from tivm.train.models import (TRAIN_RULES, TivmModel, build_model, check_option, check_values,
+                               count_parameters)
 
 LOG_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
@@ -71,11 +72,20 @@ class TrainArgs:
 
     @classmethod
     def from_config(cls, config: dict, **overrides: Any) -> "TrainArgs":
-        """The config's "train" block, then non-None overrides (CLI options)."""
+        """The config's "train" block, then the non-None overrides (CLI options). Both are checked by the
+        config rules (ConfigError: an unknown train key, a bad value); an override that is no TrainArgs field
+        is a TypeError, a programming error rather than a user's."""
         known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in config.get("train", {}).items() if k in known}
-        values.update({k: v for k, v in overrides.items() if v is not None and k in known})
-        return cls(**values)
+        block = config.get("train", {})
+        check_values(block, TRAIN_RULES, "config", "train")
+        strangers = sorted(set(overrides) - known)
+        if strangers:
+            raise TypeError(f"TrainArgs has no field {', '.join(strangers)}")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        for key, value in given.items():
+            check_option(key, value)
+        values = {k: v for k, v in block.items() if k in known}  # val_fraction belongs to the data split
+        return cls(**{**values, **given})
 
 
 # ---------------------------------------------------------------------------------------------- distributed

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from tivm.train.trainer import TrainArgs
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -41,26 +44,30 @@ def train(
     patience: Optional[int] = typer.Option(None, help="override train.patience"),
     val_fraction: Optional[float] = typer.Option(None, help="validation share of non-test sources (with --label)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
-    seed: int = typer.Option(0, help="seeds initialisation, batch order and dropout"),
+    seed: Optional[int] = typer.Option(None, help="seeds initialisation, batch order and dropout "
+                                       "(default: the config's train.seed, else 0)"),
     resume: bool = typer.Option(False, "--resume", help="continue from RUN_DIR/resume"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train, select the best epoch on validation Recall@10, and report it on the test split."""
     from tivm.runtime.errors import TivmError
-    from tivm.train.data import DEFAULT_VAL_FRACTION, data_record, load_spec, split_data
+    from tivm.train.data import data_record, load_spec, split_data
     from tivm.train.metrics import format_table
-    from tivm.train.models import load_config
-    from tivm.train.trainer import TrainArgs, fit, world
+    from tivm.train.models import ConfigError
+    from tivm.train.trainer import fit, world
 
     _init_distributed(device)
     try:
-        cfg = load_config(config)
+        # the config first: a typo fails in a second, before any data is read
+        cfg, share, args = resolve(config, val_fraction, epochs=epochs, batch_size=batch_size, lr=lr,
+                                   weight_decay=weight_decay, patience=patience, device=device, seed=seed,
+                                   progress=progress)
         fs = load_spec(data, progress=progress and world()[0] == 0)
-        parts = split_data(fs, label, val_fraction if val_fraction is not None else
-                           float(cfg.get("train", {}).get("val_fraction", DEFAULT_VAL_FRACTION)))
-        args = TrainArgs.from_config(cfg, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                     patience=patience, device=device, seed=seed, progress=progress)
+        parts = split_data(fs, label, share)
         summary = fit(cfg, parts, output, args, data=data_record(fs, data, label, parts), resume=resume)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
     except (TivmError, ValueError) as e:
         typer.echo(f"tivm-train: {e}", err=True)
         raise typer.Exit(2)
@@ -70,6 +77,22 @@ def train(
         if "test" in summary:
             typer.echo(format_table(summary["test"], title="test split"))
         typer.echo(f"run: {output} (checkpoint.json, model.safetensors, metrics.jsonl, results.json)")
+
+
+def resolve(config: str, val_fraction: float | None = None, **options) -> tuple[dict, float, TrainArgs]:
+    """(config dict, validation share, TrainArgs) that tivm-train trains with: the config's values, then the
+    options given on the command line (None: not given). ConfigError for anything the config or an option
+    gets wrong."""
+    from tivm.train.data import DEFAULT_VAL_FRACTION
+    from tivm.train.models import check_option, load_config
+    from tivm.train.trainer import TrainArgs
+
+    cfg = load_config(config)
+    share = cfg.get("train", {}).get("val_fraction", DEFAULT_VAL_FRACTION)
+    if val_fraction is not None:
+        check_option("val_fraction", val_fraction)
+        share = val_fraction
+    return cfg, float(share), TrainArgs.from_config(cfg, **options)
 
 
 def main() -> None:
