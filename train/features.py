@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from tivm.runtime.errors import MediaError, TivmError
+from tivm.runtime.files import atomic_write
 from tivm.train import backbones as B
 from tivm.train import dataset as D
 
@@ -305,10 +306,9 @@ def _part_path(parts: Path, source_id: str) -> Path:
 
 def _write_part(part: Path, source_id: str, identity: str, settings: str, starts, audio, video) -> None:
     """Atomic: written to a temporary name, then renamed, so a killed run never leaves a half part."""
-    tmp = part.with_suffix(".tmp.npz")
-    np.savez(tmp, source_id=np.array(source_id), identity=np.array(identity), settings=np.array(settings),
-             starts=starts, audio=audio, video=video)
-    os.replace(tmp, part)
+    with atomic_write(part) as f:
+        np.savez(f, source_id=np.array(source_id), identity=np.array(identity), settings=np.array(settings),
+                 starts=starts, audio=audio, video=video)
 
 
 def _read_part(part: Path, identity: str, settings: str):

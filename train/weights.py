@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from tivm.runtime.errors import ModelError
+from tivm.runtime.files import atomic_write
 from tivm.runtime.manifest import file_sha256  # one hashing routine for weights, models and songs
 
 HOME_ENV = "TIVM_HOME"
@@ -136,21 +136,16 @@ def _missing_message(spec: WeightSpec, cached: Path, reason: str) -> str:
 def download_file(spec: WeightSpec, destination: Path) -> None:
     """Download to a temporary file beside `destination`, verify sha256, then rename atomically."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=destination.name + ".", suffix=".part", dir=destination.parent)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with atomic_write(destination) as out:
             digest = _stream_url(spec, out)
-        if not spec.matches(digest):
-            raise WeightsError(
-                f"{spec.url}: downloaded file has sha256 {digest}, expected {spec.sha256}; "
-                "the download was deleted (corrupt or changed upstream)"
-            )
-        os.replace(tmp, destination)
+            if not spec.matches(digest):
+                raise WeightsError(
+                    f"{spec.url}: downloaded file has sha256 {digest}, expected {spec.sha256}; "
+                    "the download was deleted (corrupt or changed upstream)"
+                )
     except (urllib.error.URLError, OSError, TimeoutError) as error:
         raise WeightsError(_missing_message(spec, destination, reason=f"could not be downloaded ({error})")) from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _stream_url(spec: WeightSpec, out) -> str:
