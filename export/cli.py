@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from tivm.export.pipeline import DEFAULT_NUM_CALIBRATION, DEFAULT_NUM_VALIDATION, DEFAULT_THREADS
+from tivm.runtime.cli.common import run
 
 WEIGHTS_HOME_ENV = "TIVM_HOME"
 EXIT_VALIDATION = 1
@@ -114,7 +115,7 @@ def _print_summary(report: dict) -> None:
 
 
 def main() -> None:
-    app()
+    run(app)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from tivm.runtime.cli.common import check_threads, fail, printable, run, say_error
+from tivm.runtime.cli.common import check_threads, fail, printable, run
 from tivm.runtime.errors import TivmError
 
 MAX_TOP = 10_000  # more rows than any person reads; a program wanting every song asks the API

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import typer
 
+from tivm.runtime.cli.common import run
+
 DEFAULT_OUT = Path("tivm-demo")
 DEMO_CONFIG = "TIVM"
 DEMO_DATA = "synthetic"  # the default: 3,000 clips, T = 15, seed 0
@@ -146,7 +148,7 @@ def _serve(out: Path, run_dir: Path, media: Path | None) -> dict[str, float]:
 
 
 def main() -> None:
-    app()
+    run(app)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 
+from tivm.runtime.cli.common import fail, run
+
 app = typer.Typer(add_completion=False, help=__doc__)
 SPLIT_CHOICES = ("test", "val", "train", "all")
 
@@ -41,8 +43,7 @@ def evaluate(
     from tivm.train.metrics import format_table
 
     if split not in SPLIT_CHOICES:
-        typer.echo(f"tivm-eval: --split must be one of {', '.join(SPLIT_CHOICES)}", err=True)
-        raise typer.Exit(2)
+        fail(f"--split: must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
     try:
         parse_method(rerank)  # a bad spec fails before the data is read
         loaded = [load_checkpoint(c, map_location=device) for c in checkpoints]
@@ -57,12 +58,11 @@ def evaluate(
             raise ValueError(f"{data}: the {split} split holds {len(gallery)} clips; a gallery needs 2 or more")
         metrics = ensemble_metrics([m for m, _ in loaded], gallery, device, batch_size, rerank)
     except (TivmError, ValueError) as e:
-        typer.echo(f"tivm-eval: {e}", err=True)
-        raise typer.Exit(2)
+        fail(e)
     trained_on = record.get("data", {}).get("fingerprint")
     same_features = trained_on is None or trained_on == fingerprint(fs.complete_manifest())
     if not same_features:
-        typer.echo("tivm-eval: warning: these features were not made like the training data "
+        typer.echo("warning: these features were not made like the training data "
                    "(data-set fingerprints differ)", err=True)
     name = record.get("name") if len(loaded) == 1 else "ensemble(" + ", ".join(r.get("name", "?") for _, r in loaded) + ")"
     metrics.update(checkpoint=[str(c) for c in checkpoints] if len(loaded) > 1 else str(checkpoints[0]),
@@ -94,7 +94,7 @@ def ensemble_metrics(models: list, gallery, device: str, batch_size: int, rerank
 
 
 def main() -> None:
-    app()
+    run(app)
 
 
 if __name__ == "__main__":

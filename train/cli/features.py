@@ -17,6 +17,7 @@ from typing import Optional
 
 import typer
 
+from tivm.runtime.cli.common import fail, run
 from tivm.runtime.errors import TivmError
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -57,8 +58,7 @@ def extract(
         report = extract_folder(video_dir, output, extractor, progress=not quiet,
                                 on_failure=lambda message: tqdm.write(f"failed: {message}", file=sys.stderr))
     except (TivmError, ValueError, FileNotFoundError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2)
+        fail(error)
     if json_report is not None:
         json_report.parent.mkdir(parents=True, exist_ok=True)
         json_report.write_text(json.dumps(report.to_json(), indent=1) + "\n")
@@ -73,7 +73,7 @@ def extract(
 
 
 def main() -> None:
-    app()
+    run(app)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from tivm.runtime.cli.common import fail, run
+
 if TYPE_CHECKING:
     from tivm.train.trainer import TrainArgs
 
@@ -66,11 +68,9 @@ def train(
         parts = split_data(fs, label, share)
         summary = fit(cfg, parts, output, args, data=data_record(fs, data, label, parts), resume=resume)
     except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        fail(e)
     except (TivmError, ValueError) as e:
-        typer.echo(f"tivm-train: {e}", err=True)
-        raise typer.Exit(2)
+        fail(e)
     if world()[0] == 0:
         typer.echo(f"{summary['name']}: {summary['parameters']:,} parameters, best epoch {summary['best_epoch']} "
                    f"of {summary['epochs_run']}, {summary['train_seconds']:.0f} s training")
@@ -96,7 +96,7 @@ def resolve(config: str, val_fraction: float | None = None, **options) -> tuple[
 
 
 def main() -> None:
-    app()
+    run(app)
 
 
 if __name__ == "__main__":
