@@ -1,4 +1,4 @@
-"""Issue 7's targets for the 2-core machine, checked against the measured results (never assumed)."""
+"""The benchmark targets for the 2-core machine, checked against the measured results (never assumed)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""tivm runtime: torch-free inference (numpy + onnxruntime + OpenCV/PyAV).
+"""tivm runtime: torch-free inference (numpy + onnxruntime + PyAV).
 
 The public API is re-exported here and imported on first use, so `import tivm.runtime` stays fast::
 
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import importlib
 
-from tivm.runtime.errors import AudioTooShortError, LibraryError, MediaError, ModelError, TivmError
+from tivm.runtime.errors import (AudioTooShortError, LibraryError, MediaError, ModelError, OutputError,
+                                 TivmError)
 
 _LAZY = {
     "Recommender": "tivm.runtime.recommend",
@@ -27,7 +28,8 @@ _LAZY = {
     "write_preview": "tivm.runtime.preview",
 }
 
-__all__ = sorted(_LAZY) + ["AudioTooShortError", "LibraryError", "MediaError", "ModelError", "TivmError"]
+__all__ = sorted(_LAZY) + ["AudioTooShortError", "LibraryError", "MediaError", "ModelError", "OutputError",
+                           "TivmError"]
 
 
 def __getattr__(name: str):

@@ -28,3 +28,8 @@ class ModelError(TivmError):
 
 class LibraryError(TivmError):
     """A song library that cannot be used (corrupt, or built by another model)."""
+
+
+class OutputError(TivmError):
+    """An output path that cannot or must not be written: missing folder, read-only place, one of the
+    command's inputs, or an existing file that is not an artefact of the same kind."""

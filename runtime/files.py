@@ -22,13 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
-from tivm.runtime.errors import TivmError
+from tivm.runtime.errors import OutputError
 
 _UMASK_LOCK = threading.Lock()  # os.umask can only be read by setting it: keep other threads out meanwhile
-
-
-class OutputError(TivmError):
-    """An output path that cannot or must not be written (message names the path and the reason)."""
 
 
 def current_umask() -> int:
