@@ -10,8 +10,11 @@ Here Pillow's resampling is reproduced exactly: the same per-output-pixel triang
 fixed-point weights, the same horizontal-then-vertical order with a uint8 result after each pass and the
 same round-half-up. The integer arithmetic is done in float64 matrix products (exact: the sums stay far
 below 2**53), as band-limited blocks so each output pixel only touches the few input pixels under its
-filter. Only the pixels inside the centre crop are computed, which is exact because every output pixel of a
-separable resize depends only on its own row/column weights.
+filter. Only the pixels inside the centre crop are computed, and only their weights exist, which is exact
+because every output pixel of a separable resize depends only on its own row/column weights. So memory
+beyond the frame is O(crop x shorter side) whatever the aspect ratio: the long side's resized length (512,000
+for a 2 x 4000 frame) never sizes an array. Frames of any size are accepted here; video.py refuses to decode
+absurdly large ones.
 
 Pass order: Pillow 13 (python-pillow/Pillow#9549) runs the vertical pass first for some size pairs where the
 height shrinks more than the width; every earlier Pillow, and this module, go horizontal first. Against the
@@ -40,6 +43,9 @@ CROP = 224  # side of the square CenterCrop
 PIL_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit images (Resample.c)
 PIL_BILINEAR_SUPPORT = 1.0  # triangle filter half-width, in output pixels
 OUTPUT_BLOCK = 32  # output pixels per banded matrix product: small enough to skip most zero weights
+# float64 input converted at a time by the horizontal pass: bounds memory for any frame size, while
+# ordinary frames (up to 1080p) still go in one or two chunks
+CHUNK_BYTES = 8 << 20
 # The banded products are small: on a busy 2-core machine OpenBLAS's threads spin against other processes
 # (measured 15 frames: 3.4-4.2 s with default threads, 0.46-0.61 s with one), and on an idle one a single
 # thread loses little, so they run single-threaded.
@@ -80,19 +86,22 @@ def _triangle(x: np.ndarray) -> np.ndarray:
     return np.clip(1.0 - np.abs(x), 0.0, None)
 
 
-@lru_cache(maxsize=32)
-def pil_bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
-    """Pillow's BILINEAR weights (in_size, out_size) float64, already as its 22-bit fixed-point integers.
+@lru_cache(maxsize=64)
+def pil_bilinear_taps(in_size: int, out_size: int, out_start: int, out_stop: int) -> tuple[tuple[int, np.ndarray], ...]:
+    """Pillow's BILINEAR weights of output pixels [out_start, out_stop) only: per output pixel (first, taps).
 
+    `taps` (float64, already Pillow's 22-bit fixed-point integers) weigh input pixels first, first + 1, ...
     Follows Resample.c precompute_coeffs: centre (o + 0.5) * scale, taps from int(centre - support + 0.5)
     to int(centre + support + 0.5), weight triangle((i - centre + 0.5) / filterscale), normalised to sum 1,
-    then rounded to integers of 2**22. Same float64 operations as Pillow, so the same integers.
+    then rounded to integers of 2**22. Same float64 operations as Pillow, so the same integers. Memory is
+    O((out_stop - out_start) x taps): never the whole (in_size, out_size) matrix, whose size a thin frame
+    (2 x 4000 px: longer side resized to 512,000) would blow up.
     """
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = PIL_BILINEAR_SUPPORT * filterscale
-    weights = np.zeros((in_size, out_size), dtype=np.float64)
-    for out_index in range(out_size):
+    pixels = []
+    for out_index in range(out_start, out_stop):
         center = (out_index + 0.5) * scale
         first = max(int(center - support + 0.5), 0)
         stop = min(int(center + support + 0.5), in_size)
@@ -101,9 +110,10 @@ def pil_bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
         if total != 0.0:
             taps = taps / total
         # Pillow rounds half away from zero; the weights are never negative here
-        weights[first:stop, out_index] = np.floor(taps * (1 << PIL_PRECISION_BITS) + 0.5)
-    weights.flags.writeable = False
-    return weights
+        taps = np.floor(taps * (1 << PIL_PRECISION_BITS) + 0.5)
+        taps.flags.writeable = False
+        pixels.append((first, taps))
+    return tuple(pixels)
 
 
 @lru_cache(maxsize=32)
@@ -111,63 +121,86 @@ def _band_plan(in_size: int, out_size: int, out_start: int, out_stop: int):
     """How to compute output pixels [out_start, out_stop) of one resize pass.
 
     Returns (in_start, in_stop, blocks): the input pixels read, and per OUTPUT_BLOCK outputs
-    (output slice, input slice relative to in_start, (n_out, n_in) weights). None when sizes are equal
-    (Pillow skips that pass).
+    (output slice, input slice relative to in_start, (n_out, n_in) weights). blocks is None when the sizes
+    are equal: Pillow skips that pass, so the output pixels are the input pixels.
     """
     if in_size == out_size:
-        return None
-    weights = pil_bilinear_weights(in_size, out_size)
+        return out_start, out_stop, None
+    taps = pil_bilinear_taps(in_size, out_size, out_start, out_stop)
     spans = []
     for block_start in range(out_start, out_stop, OUTPUT_BLOCK):
-        block_stop = min(block_start + OUTPUT_BLOCK, out_stop)
-        used = np.flatnonzero(weights[:, block_start:block_stop].any(axis=1))
-        spans.append((block_start, block_stop, int(used[0]), int(used[-1]) + 1))
+        block = taps[block_start - out_start : min(block_start + OUTPUT_BLOCK, out_stop) - out_start]
+        # input pixels with a non-zero weight: edge taps that round to 0 are never read
+        used = [(first + int(nonzero[0]), first + int(nonzero[-1]) + 1)
+                for first, weights in block for nonzero in [np.flatnonzero(weights)]]
+        spans.append((block_start, block_start + len(block), min(u[0] for u in used), max(u[1] for u in used)))
     in_start = min(span[2] for span in spans)
     in_stop = max(span[3] for span in spans)
-    blocks = tuple(
-        (
-            slice(b0 - out_start, b1 - out_start),
-            slice(lo - in_start, hi - in_start),
-            np.ascontiguousarray(weights[lo:hi, b0:b1].T),
-        )
-        for b0, b1, lo, hi in spans
-    )
-    return in_start, in_stop, blocks
+    blocks = []
+    for b0, b1, lo, hi in spans:
+        weights = np.zeros((b1 - b0, hi - lo), dtype=np.float64)
+        for row, (first, pixel_taps) in enumerate(taps[b0 - out_start : b1 - out_start]):
+            # taps outside [lo, hi) are zero weights (trimmed above)
+            keep = slice(max(lo - first, 0), min(hi - first, len(pixel_taps)))
+            weights[row, first + keep.start - lo : first + keep.stop - lo] = pixel_taps[keep]
+        weights.flags.writeable = False
+        blocks.append((slice(b0 - out_start, b1 - out_start), slice(lo - in_start, hi - in_start), weights))
+    return in_start, in_stop, tuple(blocks)
 
 
-def _resample_axis0(values: np.ndarray, blocks, out_len: int) -> np.ndarray:
-    """One Pillow 8-bit pass along axis 0: (n_in, m) float64 uint8 values → (out_len, m) uint8 values."""
-    sums = np.empty((out_len, values.shape[1]), dtype=np.float64)
-    for out_slice, in_slice, block in blocks:
-        np.matmul(block, values[in_slice], out=sums[out_slice])
-    # Pillow's clip8: (sum + 2**21) >> 22, clamped to 0..255 (a uint8 image after each pass)
+def _clip8(sums: np.ndarray) -> np.ndarray:
+    """Pillow's clip8 in place: (sum + 2**21) >> 22, clamped to 0..255 (a uint8 image after each pass)."""
     sums += 1 << (PIL_PRECISION_BITS - 1)
     sums *= 1.0 / (1 << PIL_PRECISION_BITS)
     np.floor(sums, out=sums)
     return np.clip(sums, 0.0, 255.0, out=sums)
 
 
+def _horizontal_pass(frame: np.ndarray, row_lo: int, row_hi: int, col_plan, crop: int) -> np.ndarray:
+    """Rows [row_lo, row_hi) of an (H, W, 3) uint8 frame, resampled along the width to the crop's columns.
+
+    Returns (n_rows, 3 * crop) float64 uint8 values, each row channel-major ((3, crop)), so the vertical
+    pass reads contiguous rows and the result is already channels-first. The input is converted to float64
+    CHUNK_BYTES at a time, so memory never holds a float64 copy of the frame, however large.
+    """
+    col_lo, col_hi, blocks = col_plan
+    n_rows, n_cols = row_hi - row_lo, col_hi - col_lo
+    out = np.empty((n_rows, 3, crop), dtype=np.float64)
+    chunk = max(1, CHUNK_BYTES // (n_cols * 3 * 8))
+    for r0 in range(0, n_rows, chunk):
+        r1 = min(r0 + chunk, n_rows)
+        # (rows, cols, 3) uint8 -> (rows * 3, cols) float64 in one copy
+        values = np.ascontiguousarray(frame[row_lo + r0 : row_lo + r1, col_lo:col_hi].transpose(0, 2, 1),
+                                      dtype=np.float64).reshape((r1 - r0) * 3, n_cols)
+        if blocks is None:
+            out[r0:r1] = values.reshape(r1 - r0, 3, crop)
+            continue
+        target = out[r0:r1].reshape((r1 - r0) * 3, crop)
+        for out_slice, in_slice, weights in blocks:
+            np.matmul(values[:, in_slice], weights.T, out=target[:, out_slice])
+    if blocks is not None:
+        _clip8(out)
+    return out.reshape(n_rows, 3 * crop)
+
+
 def _resize_crop_one(frame: np.ndarray, size: tuple[int, int], crop: int) -> np.ndarray:
-    """One (H, W, 3) uint8 frame → the (crop, crop, 3) float64 (uint8-valued) centre crop of its PIL resize."""
+    """One (H, W, 3) uint8 frame → the (crop, 3, crop) float64 (uint8-valued) centre crop of its PIL resize.
+
+    Only the input pixels under the crop's filters are read, and only the crop's weights exist, so memory
+    is O(crop x shorter side), whatever the frame's aspect ratio (both passes scale by about shorter / 256).
+    """
     in_h, in_w, _ = frame.shape
     out_h, out_w = size
     top, left = center_crop_offsets(out_h, out_w, crop)
-    row_plan = _band_plan(in_h, out_h, top, top + crop)
-    col_plan = _band_plan(in_w, out_w, left, left + crop)
-    row_lo, row_hi = (top, top + crop) if row_plan is None else row_plan[:2]
-    col_lo, col_hi = (left, left + crop) if col_plan is None else col_plan[:2]
-    n_rows = row_hi - row_lo
-
+    row_lo, row_hi, row_blocks = _band_plan(in_h, out_h, top, top + crop)
     # Horizontal pass first, as Pillow, and only on the input rows the vertical pass will read
-    # transposing while still uint8 moves 8x fewer bytes than converting first
-    region = np.ascontiguousarray(frame[row_lo:row_hi, col_lo:col_hi].transpose(1, 0, 2))  # (w, h, 3)
-    columns = region.astype(np.float64).reshape(col_hi - col_lo, n_rows * 3)
-    if col_plan is not None:
-        columns = _resample_axis0(columns, col_plan[2], crop)
-    rows = np.ascontiguousarray(columns.reshape(crop, n_rows, 3).transpose(1, 0, 2)).reshape(n_rows, crop * 3)
-    if row_plan is not None:
-        rows = _resample_axis0(rows, row_plan[2], crop)
-    return rows.reshape(crop, crop, 3)
+    rows = _horizontal_pass(frame, row_lo, row_hi, _band_plan(in_w, out_w, left, left + crop), crop)
+    if row_blocks is None:
+        return rows.reshape(crop, 3, crop)
+    sums = np.empty((crop, 3 * crop), dtype=np.float64)
+    for out_slice, in_slice, weights in row_blocks:
+        np.matmul(weights, rows[in_slice], out=sums[out_slice])
+    return _clip8(sums).reshape(crop, 3, crop)
 
 
 def _check_frames(frames) -> np.ndarray:
@@ -201,7 +234,7 @@ def preprocess_frames(
     limit = nullcontext() if threadpool_limits is None else threadpool_limits(BLAS_THREADS, user_api="blas")
     with limit:
         for index in range(n):
-            pixels = _resize_crop_one(frames[index], size, crop)  # (crop, crop, 3) values 0..255
-            normalised = pixels * scale + offset
-            out[index] = normalised.transpose(2, 0, 1)
+            pixels = _resize_crop_one(frames[index], size, crop)  # (crop, 3, crop) values 0..255
+            normalised = pixels * scale[:, None] + offset[:, None]
+            out[index] = normalised.transpose(1, 0, 2)
     return out

@@ -6,6 +6,9 @@ embedding per window of 15 steps, the paper's (15, 128) / (15, 1000) sequences: 
 are cut into windows every hop (default: one window), plus one window flush with the end so the tail is
 covered; inputs shorter than one window are loop-padded (tiled) to a full window, so the ONNX graph always
 sees the window length it was trained on, whatever its exported time axis.
+
+Steps stream into windows (`WindowStream`): a batch of windows runs as soon as it is complete, and only the
+last window's steps are kept, so embedding a long video costs the same memory as a short one.
 """
 
 from __future__ import annotations
@@ -136,18 +139,15 @@ class Branch:
         steps = np.asarray(steps, dtype=np.float32)
         if steps.ndim < 2 or len(steps) == 0:
             raise ValueError(f"{self.name} branch: expected a (T, ...) sequence with T >= 1, got shape {steps.shape}")
-        self._check_step_shape(steps.shape[1:])
-        hop_steps = self.window_steps if hop_seconds is None else max(1, int(round(hop_seconds / self.step_seconds)))
-        starts = window_starts(len(steps), self.window_steps, hop_steps)
-        vectors = [self.run(self._windows(steps, starts[i:i + self.batch_windows]))
-                   for i in range(0, len(starts), self.batch_windows)]
-        return WindowEmbeddings(np.concatenate(vectors), (starts * self.step_seconds).astype(np.float32),
-                                duration=len(steps) * self.step_seconds if duration is None else duration)
+        stream = self.window_stream(hop_seconds)
+        for step in steps:
+            stream.push(step)
+        return stream.finish(duration)
 
-    def _windows(self, steps: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        if len(steps) < self.window_steps:
-            return loop_pad(steps, self.window_steps)[None]
-        return np.stack([steps[s:s + self.window_steps] for s in starts])
+    def window_stream(self, hop_seconds: float | None = None) -> WindowStream:
+        """A WindowStream for this branch: push steps as they are computed, then finish()."""
+        hop_steps = self.window_steps if hop_seconds is None else max(1, int(round(hop_seconds / self.step_seconds)))
+        return WindowStream(self, hop_steps)
 
     def _check_step_shape(self, step_shape: tuple[int, ...]) -> None:
         expected = tuple(self.spec.input.shape[2:])
@@ -175,38 +175,116 @@ class AudioBranch(Branch):
         if isinstance(source, (str, os.PathLike)):
             path, waveform, sample_rate = source, audio.load_audio(source), audio.SAMPLE_RATE
         else:
-            waveform = np.asarray(source, dtype=np.float32)
-            if waveform.ndim != 1:
-                raise ValueError(f"expected a mono waveform (n,), got shape {waveform.shape}")
+            waveform = audio.as_float_waveform(source)
         patches = audio.log_mel_patches(waveform, sample_rate=sample_rate, source=path)
         return self.embed_steps(patches, hop_seconds, duration=len(waveform) / sample_rate)
 
 
 class VideoBranch(Branch):
-    """Video: a file or RGB frames (one per second) -> preprocessed frames -> window embeddings."""
+    """Video: a file or RGB frames (one per second) -> preprocessed frames -> window embeddings.
+
+    Frames are preprocessed one at a time and streamed into windows (WindowStream), so memory holds one
+    window of 224 x 224 crops and one batch of windows, never the decoded or preprocessed video.
+    """
 
     def embed(self, source: str | os.PathLike | np.ndarray, hop_seconds: float | None = None) -> WindowEmbeddings:
         self.require_full("video")
+        stream = self.window_stream(hop_seconds)
         if isinstance(source, (str, os.PathLike)):
-            steps = self._preprocessed_file(source)
+            from tivm.runtime import video
+
+            fps = float(self.spec.frontend.get("fps", 1.0))
+            for _, frame in video.iter_frames(source, fps=fps):
+                stream.push(self._preprocess(frame[None])[0])
+            if stream.count == 0:
+                raise MediaError(source, "no video frames could be decoded")
         else:
-            steps = self._preprocess(_checked_frames(source))
-        return self.embed_steps(steps, hop_seconds)
-
-    def _preprocessed_file(self, path) -> np.ndarray:
-        """Decode and preprocess one frame at a time: memory holds 224 x 224 crops, never the decoded video."""
-        from tivm.runtime import video
-
-        fps = float(self.spec.frontend.get("fps", 1.0))
-        steps = [self._preprocess(frame[None])[0] for _, frame in video.iter_frames(path, fps=fps)]
-        if not steps:
-            raise MediaError(path, "no video frames could be decoded")
-        return np.stack(steps)
+            for frame in _checked_frames(source):
+                stream.push(self._preprocess(frame[None])[0])
+        return stream.finish()
 
     def _preprocess(self, frames: np.ndarray) -> np.ndarray:
         from tivm.runtime import image
 
         return image.preprocess_frames(frames, **image_arguments(self.spec.frontend))
+
+
+class WindowStream:
+    """Steps in one at a time, window embeddings out: each batch of windows runs as soon as it is complete.
+
+    The windows are the ones `window_starts` gives for the final step count (every hop, one flush with the
+    end, loop-padding below one window) and run in the same batches as over the whole sequence at once, so
+    the result is identical; memory holds the last window's steps and one batch of windows, whatever the
+    length. Every window is the `window_steps` steps that ended when it completed, so a ring of the most
+    recent steps is all the history needed.
+    """
+
+    def __init__(self, branch: Branch, hop_steps: int):
+        self.branch = branch
+        self.window = branch.window_steps
+        self.hop = int(hop_steps)
+        self.count = 0  # steps pushed so far
+        self._recent: np.ndarray | None = None  # ring of the last `window` steps; step i sits at i % window
+        self._batch: np.ndarray | None = None  # (batch_windows, window, ...) windows waiting to run
+        self._pending = 0
+        self._vectors: list[np.ndarray] = []
+
+    def push(self, step: np.ndarray) -> None:
+        step = np.asarray(step, dtype=np.float32)
+        if self._recent is None:
+            self.branch._check_step_shape(step.shape)
+            self._recent = np.empty((self.window, *step.shape), dtype=np.float32)
+        elif step.shape != self._recent.shape[1:]:
+            raise ValueError(f"{self.branch.name} branch: step {self.count} has shape {step.shape}, "
+                             f"the earlier ones {self._recent.shape[1:]}")
+        self._recent[self.count % self.window] = step
+        self.count += 1
+        start = self.count - self.window
+        if start >= 0 and start % self.hop == 0:
+            self._copy_latest(self._slot())
+            self._added()
+
+    def finish(self, duration: float | None = None) -> WindowEmbeddings:
+        """Run what is pending (plus the window flush with the end, or the loop-padded short input)."""
+        if self.count == 0:
+            raise ValueError(f"{self.branch.name} branch: expected at least one step, got none")
+        if self.count < self.window:
+            self._slot()[:] = loop_pad(self._recent[:self.count], self.window)
+            self._added()
+        elif (self.count - self.window) % self.hop != 0:
+            self._copy_latest(self._slot())
+            self._added()
+        if self._pending:
+            self._run()
+        starts = window_starts(self.count, self.window, self.hop)
+        vectors = np.concatenate(self._vectors)
+        assert len(vectors) == len(starts), (len(vectors), len(starts))
+        step_seconds = self.branch.step_seconds
+        return WindowEmbeddings(vectors, (starts * step_seconds).astype(np.float32),
+                                duration=self.count * step_seconds if duration is None else duration)
+
+    def _slot(self) -> np.ndarray:
+        """The batch row the next window goes into."""
+        if self._batch is None:
+            # untouched rows of np.empty are never paged in: a one-window input costs one window
+            self._batch = np.empty((self.branch.batch_windows, *self._recent.shape), dtype=np.float32)
+        return self._batch[self._pending]
+
+    def _added(self) -> None:
+        """A window was written to its slot: run the batch as soon as it is full."""
+        self._pending += 1
+        if self._pending == len(self._batch):
+            self._run()
+
+    def _copy_latest(self, out: np.ndarray) -> None:
+        """The last `window` steps, oldest first, into `out`."""
+        split = self.count % self.window
+        out[:self.window - split] = self._recent[split:]
+        out[self.window - split:] = self._recent[:split]
+
+    def _run(self) -> None:
+        self._vectors.append(self.branch.run(self._batch[:self._pending]))
+        self._pending = 0
 
 
 def _checked_frames(frames) -> np.ndarray:

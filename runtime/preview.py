@@ -24,6 +24,7 @@ LAYOUT = "stereo"
 AAC_FRAME_SAMPLES = 1024
 AUDIO_BIT_RATE = 192_000
 FALLBACK_VIDEO_CODEC = "libx264"
+FALLBACK_FRAME_RATE = 25  # for re-encoded video whose stream states no rate
 PREVIEW_TAG = "tivm preview"  # container comment: marks a file a later --preview may replace
 
 
@@ -59,6 +60,10 @@ def _mux(clip: Path, samples: np.ndarray, output: Path, copy_video: bool) -> Non
         with open_media(clip) as source, av.open(str(tmp), "w", format="mp4") as target:
             target.metadata["comment"] = PREVIEW_TAG
             in_stream, video_stream, copy = _add_video_stream(source, target, copy_video)
+            if not copy:  # a copied stream keeps the display matrix; a re-encoded one must be told it
+                matrix = _first_display_matrix(clip)
+                if matrix is not None:
+                    video_stream.set_display_matrix([int(v) for v in matrix])
             audio_stream = _add_audio_stream(target)
             _write_video(source, in_stream, video_stream, copy, target)
             _write_audio(samples, audio_stream, target)
@@ -151,6 +156,16 @@ def _frames_then_flush(frames):
     yield None
 
 
+def _first_display_matrix(clip: Path):
+    """The display matrix (rotation/mirror) of the clip's first frame, None without one."""
+    from tivm.runtime.video import display_matrix
+
+    with open_media(clip) as source:
+        for frame in source.decode(video=0):
+            return display_matrix(frame)
+    return None
+
+
 def _add_video_stream(source, target, copy: bool = True):
     """An output stream that copies the clip's video, or an H.264 encoder when MP4 cannot hold its codec."""
     import av
@@ -161,7 +176,8 @@ def _add_video_stream(source, target, copy: bool = True):
             return in_stream, target.add_stream_from_template(in_stream), True
         except (ValueError, av.FFmpegError):
             pass
-    out_stream = target.add_stream(FALLBACK_VIDEO_CODEC, rate=in_stream.average_rate or 25)
+    out_stream = target.add_stream(FALLBACK_VIDEO_CODEC,
+                                   rate=int(round(float(in_stream.average_rate or FALLBACK_FRAME_RATE))))
     out_stream.width, out_stream.height, out_stream.pix_fmt = in_stream.width, in_stream.height, "yuv420p"
     return in_stream, out_stream, False
 
@@ -180,9 +196,13 @@ def _write_video(source, in_stream, out_stream, copy: bool, target) -> None:
             packet.stream = out_stream
             target.mux(packet)
         return
-    for frame in source.decode(in_stream):
-        frame.pts = None
-        target.mux(out_stream.encode(frame.reformat(format="yuv420p")))
+    # pictures keep their place in time: numbered at the stream's rate from the first one (a source whose
+    # timestamps MP4 refused is not a clock to trust)
+    period = Fraction(1, int(round(float(in_stream.average_rate or FALLBACK_FRAME_RATE))))
+    for index, frame in enumerate(source.decode(in_stream)):
+        picture = frame.reformat(format="yuv420p")
+        picture.pts, picture.time_base = index, period
+        target.mux(out_stream.encode(picture))
     target.mux(out_stream.encode(None))
 
 

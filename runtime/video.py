@@ -24,6 +24,16 @@ Speed: packets that present before the next target are decoded with skip_frame=N
 other frame refers to (most B-frames) are not decoded at all; on the 15 s 720p clip 220 of 360 frames are
 decoded (0.85 -> 0.66 s in one interleaved loaded measurement), with identical chosen frames.
 
+Orientation: frames come out as players show them. Phones record a portrait clip as landscape pixels plus a
+display matrix (rotation, sometimes a mirror) in the container; each chosen frame is turned upright the way
+FFmpeg's autorotate does it (fftools and ffplay: ``theta = -round(av_display_rotation_get(m))`` clockwise
+degrees, then ``transpose=clock`` / ``cclock`` / ``cclock_flip`` / ``clock_flip``, ``hflip``, ``vflip`` chosen by
+the matrix's signs), so all eight EXIF-style orientations are covered. A matrix at an angle that is not a
+quarter turn (never written by phones) is ignored: the frame is used as decoded.
+
+Size: a frame over MAX_FRAME_PIXELS is refused with a MediaError before it is converted (and, when the
+stream declares its size, before anything is decoded): such a stream is a decode bomb, not a clip.
+
 Memory: frames are decoded one at a time; ``iter_frames`` yields each chosen frame as soon as it is
 found, so a caller can process a long video in chunks; ``sample_frames`` keeps only the chosen frames.
 """
@@ -41,6 +51,7 @@ import av
 import numpy as np
 
 from .errors import MediaError
+from .media import open_media
 
 DEFAULT_FPS = 1.0
 TIME_TOLERANCE_S = 1e-6  # timestamps are rounded to the stream time base; never miss a frame by that
@@ -49,6 +60,12 @@ BACKWARD_JUMP_S = 0.5  # a timestamp this far behind the previous frame's is a c
 TRUNCATION_TOLERANCE_S = 0.5  # frames may stop this much before the declared duration (edit lists, rounding)
 SKIP_MARGIN_S = 0.01  # skip non-reference frames only when they present clearly before the next target
 SEEK_MIN_START_S = 2.0  # seek (to the keyframe before `start`) only when that skips real decoding work
+# Largest frame decoded: 8192 x 8192 covers 8K UHD (7680 x 4320) and 8K 360-degree video in either orientation;
+# one such RGB frame is 201 MB, and the decoder holds several YUV frames besides, so anything larger would
+# exhaust a small device before the first second is embedded.
+MAX_FRAME_PIXELS = 8192 * 8192
+FIXED_ONE = 1 << 16  # the display matrix's a, b, c, d are 16.16 fixed point
+QUARTER_TURN_TOLERANCE = 1.0  # degrees: FFmpeg treats angles within 1 degree of a quarter turn as that turn
 
 
 def _check_arguments(fps: float, start: float, duration: float | None, max_frames: int | None) -> None:
@@ -63,19 +80,8 @@ def _check_arguments(fps: float, start: float, duration: float | None, max_frame
 
 
 def _open_container(path: str) -> av.container.InputContainer:
-    """Open `path` for reading or raise one MediaError that says why not."""
-    if not os.path.exists(path):
-        raise MediaError(path, "no such file")
-    if os.path.isdir(path):
-        raise MediaError(path, "is a directory, not a media file")
-    if os.path.getsize(path) == 0:
-        raise MediaError(path, "empty file (0 bytes)")
-    try:
-        return av.open(path, mode="r")
-    except av.FFmpegError as error:
-        raise MediaError(path, f"not a readable media file ({_reason(error)})") from None
-    except OSError as error:
-        raise MediaError(path, f"cannot open: {error.strerror or error}") from None
+    """Open `path` for reading (a local regular file only: see tivm.runtime.media) or raise one MediaError."""
+    return open_media(path)
 
 
 def _reason(error: Exception) -> str:
@@ -89,6 +95,7 @@ def _video_stream(container, path: str):
         found = f"it has {', '.join(kinds)} streams only" if kinds else "it has no streams"
         raise MediaError(path, f"no video stream ({found})")
     stream = container.streams.video[0]
+    _check_frame_size(path, stream.codec_context.width, stream.codec_context.height)
     # frame + slice threads: 1.02 vs 1.68 s median on the 15 s clip in a loaded run. Frame threading
     # turns a damaged packet into "no more frames" instead of an error: see _check_not_truncated.
     stream.thread_type = "AUTO"
@@ -168,11 +175,80 @@ def _packet_time(packet, origin: float | None) -> float | None:
     return float(packet.pts * packet.time_base) - origin
 
 
+def _check_frame_size(path: str, width: int | None, height: int | None) -> None:
+    if width and height and width * height > MAX_FRAME_PIXELS:
+        raise MediaError(path, f"frames of {width}x{height} pixels ({width * height / 1e6:.0f} Mpx) exceed the "
+                               f"{MAX_FRAME_PIXELS / 1e6:.0f} Mpx this runtime decodes")
+
+
 def _frame_to_rgb(path: str, frame) -> np.ndarray:
+    """The frame as (H, W, 3) uint8 RGB, turned the way players show it (see the module docstring)."""
+    _check_frame_size(path, frame.width, frame.height)
     try:
-        return frame.to_ndarray(format="rgb24")
+        rgb = frame.to_ndarray(format="rgb24")
     except (av.FFmpegError, ValueError) as error:
         raise MediaError(path, f"cannot convert a {frame.format.name} frame to RGB ({_reason(error)})") from None
+    return upright(rgb, display_matrix(frame))
+
+
+def display_matrix(frame) -> np.ndarray | None:
+    """The frame's display matrix (9 int32, FFmpeg's layout), None when it has none.
+
+    Decoders attach the container's matrix (MP4/MOV tkhd, Matroska projection) to every frame.
+    """
+    for data in frame.side_data:
+        if getattr(data.type, "name", None) == "DISPLAYMATRIX":
+            values = np.frombuffer(bytes(data), dtype=np.int32)
+            return values[:9] if len(values) >= 9 else None
+    return None
+
+
+def _clockwise_degrees(matrix: np.ndarray) -> float:
+    """fftools' get_rotation(): the clockwise angle a player turns the frame by, in [-0.9, 359.1); nan if singular.
+
+    av_display_rotation_get() returns counter-clockwise degrees; players negate and round it (C round(),
+    halves away from zero).
+    """
+    a, b, c, d = (float(v) / FIXED_ONE for v in matrix[[0, 1, 3, 4]])
+    scale_x, scale_y = math.hypot(a, c), math.hypot(b, d)
+    if scale_x == 0.0 or scale_y == 0.0:
+        return math.nan
+    counter_clockwise = -math.degrees(math.atan2(b / scale_y, a / scale_x))
+    theta = -math.copysign(math.floor(abs(counter_clockwise) + 0.5), counter_clockwise)
+    return theta - 360.0 * math.floor(theta / 360.0 + 0.9 / 360.0)
+
+
+def display_orientation(matrix) -> tuple[bool, bool, bool]:
+    """(transpose, flip rows, flip columns) that turn a decoded frame the way FFmpeg's autorotate shows it.
+
+    Applied in that order to an (H, W, 3) array. The transpose filter's modes in these terms: clock =
+    transpose + flip columns, cclock = transpose + flip rows, cclock_flip = transpose, clock_flip = all three.
+    """
+    if matrix is None:
+        return False, False, False
+    theta = _clockwise_degrees(matrix)
+    if abs(theta - 90.0) < QUARTER_TURN_TOLERANCE:
+        return (True, False, False) if matrix[3] > 0 else (True, False, True)  # cclock_flip or clock
+    if abs(theta - 180.0) < QUARTER_TURN_TOLERANCE:
+        return False, bool(matrix[4] < 0), bool(matrix[0] < 0)  # vflip and/or hflip
+    if abs(theta - 270.0) < QUARTER_TURN_TOLERANCE:
+        return (True, True, True) if matrix[3] < 0 else (True, True, False)  # clock_flip or cclock
+    if abs(theta) > QUARTER_TURN_TOLERANCE:
+        return False, False, False  # an arbitrary angle: FFmpeg rotates with black corners, we leave it be
+    return False, bool(matrix[4] < 0), False  # no rotation, maybe a vertical mirror (nan lands here too)
+
+
+def upright(rgb: np.ndarray, matrix) -> np.ndarray:
+    """An (H, W, 3) decoded frame as players show it, given its display matrix (None: unchanged, no copy)."""
+    transpose, flip_rows, flip_columns = display_orientation(matrix)
+    if not (transpose or flip_rows or flip_columns):
+        return rgb
+    view = rgb.transpose(1, 0, 2) if transpose else rgb
+    if flip_rows:
+        view = view[::-1]
+    if flip_columns:
+        view = view[:, ::-1]
+    return np.ascontiguousarray(view)  # one copy, of a chosen frame only
 
 
 def iter_frames(
@@ -182,7 +258,7 @@ def iter_frames(
     duration: float | None = None,
     max_frames: int | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
-    """Yield (second, frame) for each target second start + k/fps, frame (H, W, 3) uint8 RGB.
+    """Yield (second, frame) for each target second start + k/fps, frame (H, W, 3) uint8 RGB, upright.
 
     Decodes sequentially, converting only the chosen frames, so memory stays at one frame (plus the
     decoder's own buffers) whatever the video's length. Raises MediaError for unusable files.
@@ -273,7 +349,7 @@ def sample_frames(
     duration: float | None = None,
     max_frames: int | None = None,
 ) -> np.ndarray:
-    """(T, H, W, 3) uint8 RGB: the frame standing for each second (see the module docstring for which)."""
+    """(T, H, W, 3) uint8 RGB, upright: the frame standing for each second (see the module docstring for which)."""
     chosen = [frame for _, frame in iter_frames(path, fps=fps, start=start, duration=duration, max_frames=max_frames)]
     shapes = {frame.shape for frame in chosen}
     if len(shapes) > 1:

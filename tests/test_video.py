@@ -320,7 +320,7 @@ def test_missing_file(tmp_path):
 
 
 def test_directory(tmp_path):
-    _assert_media_error(tmp_path, "directory")
+    _assert_media_error(tmp_path, "is a folder")
 
 
 def test_zero_length_file(tmp_path):
