@@ -1,4 +1,5 @@
-"""`tivm-library build | info`: embed a folder of songs into a library, or show what a library holds."""
+"""`tivm-library build | info | export`: embed a folder of songs into a library, show what a library holds,
+or write it as flat arrays for apps without numpy."""
 
 from __future__ import annotations
 
@@ -80,6 +81,25 @@ def info(library: Path = typer.Argument(..., help="library file (.npz)")) -> Non
     ]
     for name, value in rows:
         typer.echo(f"{name:>18}: {printable(value)}")
+
+
+@app.command()
+def export(
+    library: Path = typer.Argument(..., help="library file (.npz) from `tivm-library build`"),
+    output: Path = typer.Option(..., "--output", "-o", help="folder to write (new, empty, or an earlier export)"),
+    dtype: str = typer.Option("int8", "--dtype", help="int8 (a scale per window) or float32"),
+) -> None:
+    """Write a library as flat little-endian arrays + library.json, for apps without numpy (JavaScript, mobile)."""
+    from tivm.runtime.flat_library import DTYPES, export_flat
+    from tivm.runtime.library import SongLibrary
+
+    if dtype not in DTYPES:
+        fail(f"--dtype: must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    try:
+        folder = export_flat(SongLibrary.load(library), output, dtype=dtype)
+    except TivmError as exc:
+        fail(exc)
+    typer.echo(f"{printable(folder)}: {dtype} flat library")
 
 
 def main() -> None:
