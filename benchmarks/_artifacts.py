@@ -33,13 +33,13 @@ LATENCY_HEAD_SEED = 0
 EXPORT_TIMEOUT_S = 1800
 # the export modules that shape the written files (not the CLI's wording or the pass/fail check)
 EXPORT_CODE = ("export/branches.py", "export/calibration.py", "export/onnx_export.py", "export/pipeline.py",
-               "export/quantize.py", "runtime/manifest.py", "train/models.py", "train/backbones.py",
-               "train/vggish.py", "train/resnet.py", "train/efficientnet_lite.py")
+               "export/quantize.py", "runtime/manifest.py", "train/config.py", "train/heads.py",
+               "train/backbones.py", "train/vggish.py", "train/resnet.py", "train/efficientnet_lite.py")
 FULL_EXPORT_VALIDATION_WINDOWS = 2  # export-time check only; the benchmark measures parity itself
 # what fixes a trained run's model and data (architecture, checkpoint format, data, splits); optimiser changes
 # alone do not retrain: parity compares the int8 runtime with whatever checkpoint it exports
-TRAIN_CODE = ("train/models.py", "train/checkpoint.py", "train/synthetic.py", "train/data.py", "train/dataset.py",
-              "train/yt8m.py")
+TRAIN_CODE = ("train/config.py", "train/heads.py", "train/checkpoint.py", "train/synthetic.py", "train/data_spec.py",
+              "train/dataset.py", "train/yt8m.py")
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -116,7 +116,7 @@ def latency_checkpoint() -> Path:
     import torch
 
     from tivm.train.checkpoint import save_checkpoint
-    from tivm.train.models import build_model
+    from tivm.train.heads import build_model
 
     run = cache_root() / "checkpoints" / f"{LATENCY_CONFIG.lower()}-random-{code_hash(TRAIN_CODE)}"
     if not (run / "checkpoint.json").exists():
@@ -131,8 +131,8 @@ def trained_run(config: str, fs, data_spec: str, epochs: int, label: int | None 
     reused from the cache). Every epoch is kept (patience = epochs); the best on validation is exported."""
     import torch
 
-    from tivm.train.data import data_record, split_data
-    from tivm.train.models import load_config
+    from tivm.train.config import load_config
+    from tivm.train.data_spec import data_record, split_data
     from tivm.train.trainer import TrainArgs, fit
 
     key = key_of(config, data_spec, epochs, label, seed, code_hash(TRAIN_CODE))

@@ -1,7 +1,7 @@
 """The things timed: the PyTorch fp32 eager reference and onnxruntime model dirs, one branch at a time.
 
 PyTorch reference = the backbone loaded by tivm.train.backbones (the same weights file the export used) and
-the checkpoint's branch head, run eagerly under torch.inference_mode. onnxruntime = the exported "full"
+the checkpoint's head, run eagerly under torch.inference_mode. onnxruntime = the exported "full"
 graph (backbone + head in one file) through tivm.runtime.model, and the "head" export of the same
 checkpoint for the head alone.
 """
@@ -48,7 +48,7 @@ class TorchBranch:
 
         backbone, _ = load_backbone(backbone_name, weights)
         model, _ = load_checkpoint(checkpoint)
-        head = model.audio_branch if modality(backbone_name) == "audio" else model.video_branch
+        head = model.audio_head if modality(backbone_name) == "audio" else model.video_head
         return cls(backbone.eval(), head.eval())
 
     def features(self, steps: np.ndarray):

@@ -24,13 +24,13 @@ MIB = 1 << 20
 # ------------------------------------------------------------------------------------------ sizes
 
 def _head_bytes(checkpoint: Path, branch: str) -> int:
-    """Bytes of one branch's float32 tensors in the checkpoint (the PyTorch head on disk)."""
+    """Bytes of one branch's head tensors (float32) in the checkpoint (the PyTorch head on disk)."""
     from safetensors import safe_open
 
     total = 0
     with safe_open(str(checkpoint / "model.safetensors"), "pt") as f:
         for key in f.keys():
-            if key.startswith(f"{branch}_branch."):
+            if key.startswith(f"{branch}_head."):
                 tensor = f.get_tensor(key)
                 total += tensor.numel() * tensor.element_size()
     return total

@@ -58,7 +58,7 @@ def parity(ctx: Context, run, test) -> dict:
 
 
 def yt8m_parity(ctx: Context) -> dict:
-    from tivm.train.data import load_spec, split_data
+    from tivm.train.data_spec import load_spec, split_data
 
     spec = str(ctx.shared(YT8M) / ctx.plan.yt8m_shards)
     fs = load_spec(spec, progress=False)

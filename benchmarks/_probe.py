@@ -50,10 +50,10 @@ def run_torch(args) -> list[float]:
     if args.branch == "video":
         frames = video.sample_frames(args.clip)
         steps = image.preprocess_frames(frames, **get_backbone(args.backbone).image_preprocessing)
-        head = model.video_branch
+        head = model.video_head
     else:
         steps = audio.log_mel_patches(audio.load_audio(args.clip))
-        head = model.audio_branch
+        head = model.audio_head
     with torch.inference_mode():
         features = backbone(torch.from_numpy(np.ascontiguousarray(steps)))
         return head(features[None]).reshape(-1).tolist()

@@ -42,7 +42,7 @@ from tivm.export import validate  # noqa: E402
 from tivm.export.branches import full_plan, head_plan  # noqa: E402
 from tivm.export.pipeline import ExportOptions, branch_inputs, export_fp32, make_final  # noqa: E402
 from tivm.train import backbones  # noqa: E402
-from tivm.train.models import build_model  # noqa: E402
+from tivm.train.heads import build_model  # noqa: E402
 
 DEFAULT_MEDIA = Path(os.environ.get("TIVM_SHARED", REPO.parent / "shared")) / "media"
 SECTIONS = ("heads", "head_recipes", "full", "speed", "per_channel")
@@ -115,7 +115,7 @@ def heads_section(options: ExportOptions, work: Path, repeats: int) -> dict:
     results = {}
     for config, branch in HEAD_CASES:
         net = model(config)
-        plan = head_plan(branch, getattr(net, f"{branch}_branch"), {})
+        plan = head_plan(branch, getattr(net, f"{branch}_head"), {})
         results[f"{config} {branch} head"] = measure_branch(plan, options, work, repeats)
     return results
 
@@ -127,7 +127,7 @@ def full_section(options: ExportOptions, work: Path, repeats: int, media: Path) 
         weights = None
         if name != "efficientnet-lite0":  # official weights are not downloadable here: random, official format
             weights = backbones.save_random_weights(name, work / f"{name}.pth", seed=SEED)
-        plan = full_plan(branch, getattr(net, f"{branch}_branch"), {}, name, weights, download=False)
+        plan = full_plan(branch, getattr(net, f"{branch}_head"), {}, name, weights, download=False)
         opts = ExportOptions(**{**options.__dict__, "calibration": str(media)})
         results[f"{name} full ({HEAD_CONFIG} head)"] = measure_branch(plan, opts, work, repeats)
         (work / f"{name}.pth").unlink(missing_ok=True)
@@ -143,7 +143,7 @@ HEAD_RECIPE_BATCH = 8
 def head_recipes_section(options: ExportOptions, work: Path, repeats: int) -> dict:
     """TIVM video head: dynamic int8 (the recipe) vs static QDQ U8S8 of everything vs static with LayerNorm,
     Softmax and the residual adds kept float; cosine on held-out draws and latency on (8, 15, 1000)."""
-    plan = head_plan("video", model("TIVM").video_branch, {})
+    plan = head_plan("video", model("TIVM").video_head, {})
     inputs = calib.from_statistics(plan.module.input_mean.numpy(), plan.module.input_std.numpy(),
                                    NUM_CALIBRATION, 2 * NUM_VALIDATION)
     fp32, pre = work / "head.fp32.onnx", work / "head.pre.onnx"

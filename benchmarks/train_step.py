@@ -16,8 +16,9 @@ import time
 
 import torch
 
+from tivm.train.config import CONFIG_NAMES
+from tivm.train.heads import build_model, count_parameters
 from tivm.train.losses import compute_loss
-from tivm.train.models import CONFIG_NAMES, build_model, count_parameters
 from tivm.train.trainer import make_optimizer
 
 BATCH = 256
@@ -35,7 +36,7 @@ def seconds_per_step(name: str, t: int, audio_dim: int, video_dim: int) -> tuple
         started = time.perf_counter()
         embed_audio, embed_video = model(audio, video)
         loss = compute_loss(model.config["loss"], model.logit_scale, embed_audio, embed_video,
-                            model.audio_branch.reference_features(audio), model.video_branch.reference_features(video))
+                            model.audio_head.reference_features(audio), model.video_head.reference_features(video))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -1,4 +1,5 @@
-"""What each exported branch is: a head over backbone features, or a backbone and the head as one module.
+"""What each exported branch is: a head over backbone features ("head"), or backbone + head as one module
+("full"). The head is the trained part (tivm.train.heads.Head); a branch is what becomes one ONNX file.
 
 A checkpoint trained on `tivm-features` data (its data-set manifest names the backbones) exports "full"
 branches by default; one trained on YouTube-8M or synthetic features exports "head" branches over (B, T, D)
@@ -37,8 +38,9 @@ IMAGE_CHANNELS = 3
 DEFAULT_CLIP_SECONDS = 15.0
 
 
-class FullBranch(nn.Module):
-    """Backbone on every step, then the trained head: (B, T, *step) -> (B, 512)."""
+class Branch(nn.Module):
+    """A full branch: the backbone on every step, then the trained head: (B, T, *step) -> (B, 512). Its
+    attribute names are the ONNX graph's scopes: tivm.export.quantize finds the head by "head"."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module):
         super().__init__()
@@ -117,7 +119,7 @@ def plan_branches(model: nn.Module, record: dict, kind: str = "auto", *,
     cache (as `tivm-features --weights`).
     """
     resolved = resolve_kind(kind, record)
-    heads = {"audio": model.audio_branch.eval(), "video": model.video_branch.eval()}
+    heads = {"audio": model.audio_head.eval(), "video": model.video_head.eval()}
     if resolved == "head":
         return {name: head_plan(name, heads[name], record) for name in BRANCH_NAMES}
     chosen = {name: (audio_backbone, video_backbone)[i] or trained_backbone(record, name) or DEFAULT_BACKBONE[name]
@@ -179,7 +181,7 @@ def full_plan(name: str, head: nn.Module, record: dict, backbone_name: str,
         step_shape = (IMAGE_CHANNELS, crop, crop)
         frontend = runtime_manifest.video_frontend(fps=_trained_fps(record), **spec.image_preprocessing)
     _warn_if_frontend_differs(name, frontend, record)
-    plan = BranchPlan(name=name, kind="full", module=FullBranch(module.eval(), head).eval(), step_shape=step_shape,
+    plan = BranchPlan(name=name, kind="full", module=Branch(module.eval(), head).eval(), step_shape=step_shape,
                       feature_dim=spec.feature_dim, frontend=frontend, backbone=backbone_name,
                       backbone_weights=str(used), backbone_weights_sha256=runtime_manifest.file_sha256(used),
                       backbone_options=options)

@@ -48,7 +48,7 @@ def export(
         None, "--vggish-postprocess", help="none | audioset | float; default: the training data's, else none"),
     no_download: bool = typer.Option(False, "--no-download", help="never download weights; fail if not cached"),
     calibration: Optional[Path] = typer.Option(
-        None, "--calibration", help="media folder (full branches) or tivm data set (heads)"),
+        None, "--calibration", help="media folder (full branches) or tivm data set (head branches)"),
     num_calibration: int = typer.Option(DEFAULT_NUM_CALIBRATION, "--num-calibration", min=1,
                                         help="15 s calibration windows per branch"),
     num_validation: int = typer.Option(DEFAULT_NUM_VALIDATION, "--num-validation", min=1,

@@ -132,7 +132,7 @@ def branch_inputs(plan: BranchPlan, options: ExportOptions, record: dict | None 
 @functools.lru_cache(maxsize=2)
 def _training_features(spec: str):
     """The checkpoint's training data (synthetic spec or data-set folder), loaded once for both branches."""
-    from tivm.train.data import load_spec
+    from tivm.train.data_spec import load_spec
 
     return load_spec(spec, progress=False)
 

@@ -37,7 +37,7 @@ import onnx
 from onnx import numpy_helper
 
 QUANTIZE_CHOICES = ("int8", "fp16", "none")
-HEAD_SCOPE = "head"  # FullBranch.head: the trained branch; everything upstream of it is the backbone
+HEAD_SCOPE = "head"  # tivm.export.branches.Branch.head, the trained head; everything upstream is the backbone
 FLOAT_SCOPES = ("backbone.postprocess",)  # kept float: VGGish PCA -> clip -> floor
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 # ops that run as integer kernels when their inputs come from DequantizeLinear (QDQ node units)

@@ -18,7 +18,8 @@ import torch
 from tivm.export.pipeline import ExportOptions, export_model
 from tivm.train import backbones
 from tivm.train.checkpoint import save_checkpoint
-from tivm.train.models import build_model, load_config
+from tivm.train.config import load_config
+from tivm.train.heads import build_model
 
 CONFIGURATION = "TIVM"
 # small widths: the paper's layers and ops (Transformer encoder, MLP) at a size that exports in seconds

@@ -18,9 +18,10 @@ from tivm.runtime.errors import ModelError, TivmError
 from tivm.train import checkpoint
 from tivm.train.cli.train import app as train_app
 from tivm.train.cli.train import resolve
-from tivm.train.data import split_data
-from tivm.train.models import (BLOCK_RULES, COMMAND_LINE_ONLY, LOSS_RULES, MODEL_DEFAULTS, MODEL_RULES,
-                               TRAIN_RULES, ConfigError, build_model, config_path, load_config, packaged_configs)
+from tivm.train.config import (BLOCK_RULES, COMMAND_LINE_ONLY, LOSS_RULES, MODEL_DEFAULTS, MODEL_RULES, TRAIN_RULES,
+                               ConfigError, config_path, load_config, packaged_configs)
+from tivm.train.data_spec import split_data
+from tivm.train.heads import build_model
 from tivm.train.synthetic import generate
 from tivm.train.trainer import TrainArgs, fit
 
@@ -242,7 +243,7 @@ def test_a_run_saved_before_the_checks_still_loads(tmp_path):
     checkpoint.save_checkpoint(tmp_path, weights, config=SAVED_BEFORE)
     model, _ = checkpoint.load_checkpoint(tmp_path)
     x = torch.randn(3, 1, 8)
-    assert torch.equal(model.audio_branch(x), weights.eval().audio_branch(x))
+    assert torch.equal(model.audio_head(x), weights.eval().audio_head(x))
 
 
 def test_a_saved_run_whose_config_had_a_typo_loads_the_same_model_with_a_warning(tmp_path):
@@ -259,7 +260,7 @@ def test_a_saved_run_whose_config_had_a_typo_loads_the_same_model_with_a_warning
         model, _ = checkpoint.load_checkpoint(tmp_path)
     assert "batchsize" in str(caught[0].message)
     x = torch.randn(3, 1, 8)
-    assert torch.equal(model.audio_branch(x), weights.eval().audio_branch(x))
+    assert torch.equal(model.audio_head(x), weights.eval().audio_head(x))
 
 
 def test_a_saved_config_with_a_bad_value_is_a_model_error_naming_it(tmp_path):

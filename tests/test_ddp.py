@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tivm.train.data import split_data
-from tivm.train.models import load_config
+from tivm.train.config import load_config
+from tivm.train.data_spec import split_data
 from tivm.train.synthetic import generate
 from tivm.train.trainer import TrainArgs, fit
 

@@ -149,7 +149,7 @@ def test_video_embedding_matches_the_pytorch_pipeline(models, loaded, media):
     from tivm.train.checkpoint import load_checkpoint
 
     clip = media / "clips" / CLIP
-    head = load_checkpoint(models.run)[0].video_branch
+    head = load_checkpoint(models.run)[0].video_head
     backbone, _ = load_backbone(VIDEO_BACKBONE, download=False)
     decoded = sample_frames(clip)
     frames = preprocess_frames(decoded, **get_backbone(VIDEO_BACKBONE).image_preprocessing)
@@ -176,7 +176,7 @@ def test_audio_embedding_matches_the_pytorch_pipeline(models, loaded, media):
     from tivm.train.checkpoint import load_checkpoint
 
     song = media / "songs" / SONG
-    head = load_checkpoint(models.run)[0].audio_branch
+    head = load_checkpoint(models.run)[0].audio_head
     backbone, _ = load_backbone(AUDIO_BACKBONE, models.vggish_weights, download=False)
     patches = log_mel_patches(load_audio(song))
 

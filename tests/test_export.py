@@ -25,7 +25,8 @@ from tivm.runtime.errors import ModelError
 from tivm.runtime.manifest import file_sha256, read_manifest
 from tivm.train import backbones
 from tivm.train.checkpoint import save_checkpoint
-from tivm.train.models import CONFIG_NAMES, build_model, load_config
+from tivm.train.config import CONFIG_NAMES, load_config
+from tivm.train.heads import build_model
 
 torch.set_num_threads(1)
 
@@ -60,7 +61,7 @@ def small_run(tmp_path: Path, name: str = "IVM-MS") -> Path:
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_every_configuration_exports_as_a_head_with_dynamic_axes_and_int8(name, tmp_path):
     model = small_model(name)
-    plan = head_plan("audio", model.audio_branch, {})
+    plan = head_plan("audio", model.audio_head, {})
     fp32 = tmp_path / "fp32.onnx"
     info = export_onnx(plan.module, plan.step_shape, fp32, plan.input_name, "embedding")
     assert info.exporter.startswith("torch.onnx.export(dynamo=True)")
@@ -79,7 +80,7 @@ def test_every_configuration_exports_as_a_head_with_dynamic_axes_and_int8(name, 
     assert recipe["head"]["method"] == "dynamic"
     ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeLSTM"}, ops
-    held_out = calib.from_statistics(model.audio_branch.input_mean.numpy(), model.audio_branch.input_std.numpy(),
+    held_out = calib.from_statistics(model.audio_head.input_mean.numpy(), model.audio_head.input_std.numpy(),
                                      0, 6, seed=1)
     result = validate.compare_windows(plan.module, int8, held_out.validation)
     assert result.median >= INT8_HEAD_MIN_COSINE, result
@@ -88,7 +89,7 @@ def test_every_configuration_exports_as_a_head_with_dynamic_axes_and_int8(name, 
 
 def test_lstm_is_quantized_dynamically_and_transformer_keeps_norms_and_softmax_float(tmp_path):
     for name, expected in (("LIVM", "DynamicQuantizeLSTM"), ("TIVM", "MatMulInteger")):
-        plan = head_plan("video", small_model(name).video_branch, {})
+        plan = head_plan("video", small_model(name).video_head, {})
         fp32, int8 = tmp_path / f"{name}.onnx", tmp_path / f"{name}.int8.onnx"
         export_onnx(plan.module, plan.step_shape, fp32, plan.input_name, "embedding")
         recipe = quant.quantize_int8(fp32, int8, full=False, input_name=plan.input_name, progress=False)
@@ -99,7 +100,7 @@ def test_lstm_is_quantized_dynamically_and_transformer_keeps_norms_and_softmax_f
 
 
 def test_fp16_halves_the_file_and_keeps_float32_inputs(tmp_path):
-    plan = head_plan("video", small_model("TIVM").video_branch, {})
+    plan = head_plan("video", small_model("TIVM").video_head, {})
     fp32, fp16 = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx"
     export_onnx(plan.module, plan.step_shape, fp32, plan.input_name, "embedding")
     recipe = quant.convert_fp16(fp32, fp16)
@@ -132,15 +133,15 @@ def test_full_branch_needs_matching_dims():
     config["model"].update(SMALL_MODEL)
     model = build_model(config, 64, 1000)
     with pytest.raises(ModelError, match="64-d features but vggish gives 128-d"):
-        full_plan("audio", model.audio_branch, {}, "vggish", None)
+        full_plan("audio", model.audio_head, {}, "vggish", None)
     with pytest.raises(ValueError, match="audio backbone"):
-        full_plan("video", model.video_branch, {}, "vggish", None)
+        full_plan("video", model.video_head, {}, "vggish", None)
 
 
 def test_int8_full_branch_without_media_is_refused(tmp_path):
     from tivm.export.pipeline import branch_inputs
 
-    plan = full_plan("video", small_model("VM-M").video_branch, {}, "efficientnet-lite0", None)
+    plan = full_plan("video", small_model("VM-M").video_head, {}, "efficientnet-lite0", None)
     with pytest.raises(ValueError, match="--calibration"):
         branch_inputs(plan, ExportOptions(quantize="int8"))
 
@@ -169,7 +170,7 @@ def test_validation_windows_never_share_a_second_with_calibration():
 
 def test_full_efficientnet_lite0_branch_int8_on_real_media(tmp_path):
     clips = shared_path("media", "clips")
-    plan = full_plan("video", small_model("TIVM").video_branch, {}, "efficientnet-lite0", None)
+    plan = full_plan("video", small_model("TIVM").video_head, {}, "efficientnet-lite0", None)
     assert plan.frontend["mean"] == pytest.approx([127 / 255] * 3)
     options = ExportOptions(quantize="int8", calibration=str(clips), num_calibration=2, num_validation=1,
                             progress=False)
@@ -186,7 +187,7 @@ def test_full_efficientnet_lite0_branch_int8_on_real_media(tmp_path):
 
 def test_full_vggish_branch_with_official_format_random_weights(tmp_path):
     weights = backbones.save_random_weights("vggish", tmp_path / "vggish-10086976.pth")
-    plan = full_plan("audio", small_model("LIVM").audio_branch, {}, "vggish", weights)
+    plan = full_plan("audio", small_model("LIVM").audio_head, {}, "vggish", weights)
     assert plan.backbone_weights_sha256 == file_sha256(weights)
     assert plan.step_shape == (96, 64) and plan.input_name == "patches"
     result = export_branch(plan, tmp_path, ExportOptions(quantize="none", num_validation=2, progress=False))
@@ -251,11 +252,11 @@ def test_dataset_calibration_uses_train_and_held_out_splits(tmp_path):
 
 
 def test_backbone_and_head_regions_are_found_without_scope_metadata(tmp_path):
-    from tivm.export.branches import FullBranch
+    from tivm.export.branches import Branch
 
     torch.manual_seed(0)
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, AUDIO_DIM))
-    module = FullBranch(backbone, small_model("VM-M").audio_branch).eval()
+    module = Branch(backbone, small_model("VM-M").audio_head).eval()
     path = tmp_path / "full.onnx"
     export_onnx(module, (2, 3), path, "patches", "embedding")
     with_metadata = quant.split_regions(onnx.load(str(path)), full=True)
@@ -270,6 +271,9 @@ def test_backbone_and_head_regions_are_found_without_scope_metadata(tmp_path):
     assert any("backbone.1.weight" in reads[n] for n in backbone_nodes)
     assert not any(i.startswith("head.") for n in backbone_nodes for i in reads[n])
     assert any(i.startswith("head.") for n in head_nodes for i in reads[n])
+    # the head's MLP (Branch.head.mlp) is on the head side, so dynamic int8 quantizes it
+    mlp_nodes = {n for n in reads if any(i.startswith("head.mlp.") for i in reads[n])}
+    assert mlp_nodes and mlp_nodes <= set(head_nodes)
     assert float_nodes == []
 
 
@@ -279,7 +283,7 @@ def test_lstm_exports_keep_a_dynamic_time_axis_even_when_dynamo_fixes_it(tmp_pat
 
     model = small_model("LIVM")
     for name in ("audio", "video"):
-        plan = head_plan(name, getattr(model, f"{name}_branch"), {})
+        plan = head_plan(name, getattr(model, f"{name}_head"), {})
         references = validate.reference_outputs(plan.module, validate.grid_inputs(plan.step_shape))
         info, axes = export_fp32(plan, tmp_path / f"{name}.onnx", references, ExportOptions())
         assert min(axes.values()) >= validate.FP32_MIN_COSINE, axes

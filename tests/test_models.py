@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tivm.train import losses, metrics, synthetic
-from tivm.train.models import (CONFIG_NAMES, EMBED_DIM, build_model, config_path, count_parameters, load_config,
-                               packaged_configs)
+from tivm.train.config import CONFIG_NAMES, EMBED_DIM, config_path, load_config, packaged_configs
+from tivm.train.heads import build_model, count_parameters
 
 AUDIO_DIM, VIDEO_DIM = 128, 1000
 
@@ -26,8 +26,8 @@ def test_every_configuration_embeds_any_length_to_unit_vectors(name):
     torch.manual_seed(0)
     model = build_model(name, AUDIO_DIM, VIDEO_DIM).eval()
     for t in (1, 7, 15):
-        a = model.audio_branch(torch.randn(3, t, AUDIO_DIM))
-        v = model.video_branch(torch.randn(3, t, VIDEO_DIM))
+        a = model.audio_head(torch.randn(3, t, AUDIO_DIM))
+        v = model.video_head(torch.randn(3, t, VIDEO_DIM))
         assert a.shape == v.shape == (3, EMBED_DIM)
         np.testing.assert_allclose(a.norm(dim=-1).detach().numpy(), 1.0, atol=1e-5)
         np.testing.assert_allclose(v.norm(dim=-1).detach().numpy(), 1.0, atol=1e-5)
@@ -44,8 +44,8 @@ def test_mean_models_ignore_order_and_temporal_models_do_not():
     x = torch.randn(2, 15, AUDIO_DIM)
     shuffled = x[:, torch.randperm(15)]
     for name, invariant in (("VM-M", True), ("VM-MS", True), ("VM-R", True), ("LIVM", False), ("TIVM", False)):
-        branch = build_model(name, AUDIO_DIM, VIDEO_DIM).eval().audio_branch
-        same = torch.allclose(branch(x), branch(shuffled), atol=1e-5)
+        head = build_model(name, AUDIO_DIM, VIDEO_DIM).eval().audio_head
+        same = torch.allclose(head(x), head(shuffled), atol=1e-5)
         assert same == invariant, name
 
 
@@ -53,13 +53,13 @@ def test_input_statistics_are_buffers_that_standardise():
     model = build_model("IVM-M", 4, 3).eval()
     mean, std = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 2.0, 0.5, 1e-9])
     x = torch.randn(5, 2, 4)
-    before = model.audio_branch(x)
-    model.audio_branch.set_input_stats(mean, std)
+    before = model.audio_head(x)
+    model.audio_head.set_input_stats(mean, std)
     state = model.state_dict()
-    assert torch.equal(state["audio_branch.input_mean"], torch.tensor(mean, dtype=torch.float32))
-    assert state["audio_branch.input_std"][3] == pytest.approx(1e-3)  # constant features floored, not divided by 0
+    assert torch.equal(state["audio_head.input_mean"], torch.tensor(mean, dtype=torch.float32))
+    assert state["audio_head.input_std"][3] == pytest.approx(1e-3)  # constant features floored, not divided by 0
     shifted = x * torch.tensor(std, dtype=torch.float32).clamp_min(1e-3) + torch.tensor(mean, dtype=torch.float32)
-    torch.testing.assert_close(model.audio_branch(shifted), before, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.audio_head(shifted), before, atol=1e-5, rtol=1e-4)
 
 
 def test_configs_are_documented_files_that_a_user_can_copy(tmp_path):
@@ -232,18 +232,18 @@ def test_synthetic_spec_parsing():
 
 
 @pytest.mark.parametrize("name", ["TIVM", "LIVM", "VM-R", "IVM-MS"])
-def test_branches_export_to_onnx_with_dynamic_batch_and_time(name, tmp_path):
+def test_heads_export_to_onnx_with_dynamic_batch_and_time(name, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     cfg = load_config(name)
     cfg["model"].update(hidden=[32], embed_dim=16, encoder_dim=16, lstm_hidden=8, transformer_heads=2,
                         transformer_ff=32)
-    branch = build_model(cfg, 12, 20).eval().video_branch
+    head = build_model(cfg, 12, 20).eval().video_head
     path = tmp_path / "video.onnx"
-    torch.onnx.export(branch, (torch.randn(2, 15, 20),), str(path), input_names=["features"],
+    torch.onnx.export(head, (torch.randn(2, 15, 20),), str(path), input_names=["features"],
                       output_names=["embedding"], dynamic_axes={"features": {0: "batch", 1: "time"}},
                       dynamo=False, opset_version=17)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch, t in ((1, 1), (3, 7), (2, 30)):
         x = torch.randn(batch, t, 20)
         got = session.run(None, {"features": x.numpy()})[0]
-        np.testing.assert_allclose(got, branch(x).detach().numpy(), atol=1e-5)
+        np.testing.assert_allclose(got, head(x).detach().numpy(), atol=1e-5)

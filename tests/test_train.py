@@ -11,11 +11,12 @@ import torch
 from typer.testing import CliRunner
 
 from tivm.train import checkpoint
-from tivm.train.data import label_splits, split_data
+from tivm.train.config import load_config
+from tivm.train.data_spec import label_splits, split_data
 from tivm.train.dataset import FeatureSet
-from tivm.train.models import load_config
+from tivm.train.heads import build_model
 from tivm.train.synthetic import generate
-from tivm.train.trainer import TrainArgs, fit
+from tivm.train.trainer import TrainArgs, fit, make_optimizer
 
 SMALL = dict(t=8, audio_dim=16, video_dim=24, latent_dim=8, noise=0.3)
 
@@ -65,13 +66,13 @@ def test_checkpoint_round_trip_identical_and_pickle_free(tmp_path, small_parts, 
     model, record = checkpoint.load_checkpoint(tmp_path)
     again, _ = checkpoint.load_checkpoint(tmp_path / "model.safetensors")
     x = torch.randn(4, 5, 16)
-    assert torch.equal(model.audio_branch(x), again.audio_branch(x))
+    assert torch.equal(model.audio_head(x), again.audio_head(x))
     assert record["audio_dim"] == 16 and record["video_dim"] == 24 and record["name"] == "LIVM"
     monkeypatch.undo()
     # the same weights a fresh save of the loaded model writes
     checkpoint.save_checkpoint(tmp_path / "copy", model)
     copy, _ = checkpoint.load_checkpoint(tmp_path / "copy")
-    assert torch.equal(copy.video_branch(torch.randn(3, 8, 24).clamp(-1, 1) * 0 + 1), model.video_branch(
+    assert torch.equal(copy.video_head(torch.randn(3, 8, 24).clamp(-1, 1) * 0 + 1), model.video_head(
         torch.ones(3, 8, 24)))
 
 
@@ -82,6 +83,95 @@ def test_broken_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "checkpoint.json").write_text("{not json")
     with pytest.raises(ModelError, match="unreadable JSON"):
         checkpoint.load_checkpoint(tmp_path)
+
+
+# The state-dict keys of a small IVM-M run (hidden [4]) as the code before the head/branch rename saved them,
+# in its state_dict order (TivmModel.audio_branch / video_branch, each holding VM-NET's MLP as .head), each with
+# the key of the same tensor now. Written out rather than derived from checkpoint.RENAMED_PREFIXES, so this
+# checks the shim.
+OLD_TO_NEW_KEYS = {
+    "log_logit_scale": "log_logit_scale",
+    "audio_branch.input_mean": "audio_head.input_mean", "audio_branch.input_std": "audio_head.input_std",
+    "audio_branch.head.0.weight": "audio_head.mlp.0.weight", "audio_branch.head.0.bias": "audio_head.mlp.0.bias",
+    "audio_branch.head.1.weight": "audio_head.mlp.1.weight", "audio_branch.head.1.bias": "audio_head.mlp.1.bias",
+    "audio_branch.head.1.running_mean": "audio_head.mlp.1.running_mean",
+    "audio_branch.head.1.running_var": "audio_head.mlp.1.running_var",
+    "audio_branch.head.1.num_batches_tracked": "audio_head.mlp.1.num_batches_tracked",
+    "audio_branch.head.4.weight": "audio_head.mlp.4.weight", "audio_branch.head.4.bias": "audio_head.mlp.4.bias",
+    "video_branch.input_mean": "video_head.input_mean", "video_branch.input_std": "video_head.input_std",
+    "video_branch.head.0.weight": "video_head.mlp.0.weight", "video_branch.head.0.bias": "video_head.mlp.0.bias",
+    "video_branch.head.1.weight": "video_head.mlp.1.weight", "video_branch.head.1.bias": "video_head.mlp.1.bias",
+    "video_branch.head.1.running_mean": "video_head.mlp.1.running_mean",
+    "video_branch.head.1.running_var": "video_head.mlp.1.running_var",
+    "video_branch.head.1.num_batches_tracked": "video_head.mlp.1.num_batches_tracked",
+    "video_branch.head.4.weight": "video_head.mlp.4.weight", "video_branch.head.4.bias": "video_head.mlp.4.bias",
+}
+
+
+def _small_ivm_m():
+    """A trained-looking IVM-M (hidden [4], 3-d embeddings; 5-d audio, 7-d video): every tensor random,
+    running variances positive, so a tensor loaded under the wrong name would show."""
+    cfg = load_config("IVM-M")
+    cfg["model"].update(hidden=[4], embed_dim=3, dropout=0.0)
+    model = build_model(cfg, 5, 7)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
+            else:
+                value.fill_(3)
+    return model.eval()
+
+
+def _assert_same_state(got: torch.nn.Module, want: torch.nn.Module) -> None:
+    a, b = got.state_dict(), want.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_checkpoint_saved_with_the_old_module_names_loads_the_same_model(tmp_path):
+    from safetensors.torch import save_file
+
+    reference = _small_ivm_m()
+    new_state = reference.state_dict()
+    # every tensor, in the old order: parameters() keeps its order, which a resume point's optimizer state needs
+    assert list(new_state) == list(OLD_TO_NEW_KEYS.values())
+    checkpoint.save_checkpoint(tmp_path, reference)
+    save_file({old: new_state[new].contiguous() for old, new in OLD_TO_NEW_KEYS.items()},
+              str(tmp_path / "model.safetensors"))  # overwrite the weights with the old-format file
+    for path in (tmp_path, tmp_path / "model.safetensors"):
+        model, _ = checkpoint.load_checkpoint(path)
+        _assert_same_state(model, reference)
+        audio, video = torch.randn(4, 6, 5), torch.randn(4, 6, 7)
+        for got, want in zip(model(audio, video), reference(audio, video)):
+            assert torch.equal(got, want)
+
+
+def test_a_resume_point_saved_with_the_old_module_names_resumes_the_same_state(tmp_path):
+    from safetensors.torch import save_file
+
+    model = _small_ivm_m().train()
+    optimizer = make_optimizer(model, lr=1e-2, weight_decay=1e-4)
+    audio, video = model(torch.randn(8, 6, 5), torch.randn(8, 6, 7))
+    (audio * video).sum().backward()
+    optimizer.step()
+    checkpoint.save_resume_state(tmp_path, model, optimizer, {"epoch": 1})
+    weights = tmp_path / "resume" / "model.safetensors"
+    saved = checkpoint._read_tensors(weights)
+    save_file({old: saved[new] for old, new in OLD_TO_NEW_KEYS.items()}, str(weights))
+
+    fresh = build_model(model.config, 5, 7)
+    fresh_optimizer = make_optimizer(fresh, lr=1e-2, weight_decay=1e-4)
+    assert checkpoint.load_resume_state(tmp_path, fresh, fresh_optimizer) == {"epoch": 1}
+    _assert_same_state(fresh, model)
+    # the optimizer state indexes parameters by position (kept by the rename): same moments at every index
+    before, after = optimizer.state_dict()["state"], fresh_optimizer.state_dict()["state"]
+    assert before.keys() == after.keys()
+    for index in before:
+        for moment in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(after[index][moment], before[index][moment], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["IVM-MS", "VM-M"])

@@ -17,7 +17,9 @@ API::
     state = load_resume_state(run_dir, model, optimizer, scheduler=None)
 
 `record["config"]` is the architecture config build_model takes; `record["audio_dim"]`/`["video_dim"]` the
-input dims; `record["data"]["fingerprint"]` the data-set fingerprint the model was trained on.
+input dims; `record["data"]["fingerprint"]` the data-set fingerprint the model was trained on. State-dict keys
+are `audio_head.*`, `video_head.*` and `log_logit_scale`; runs saved with the older module names
+(`audio_branch.*`, `audio_branch.head.*`) load too: their keys are renamed on reading (RENAMED_PREFIXES).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from safetensors.torch import load_file, save_file
 
 from tivm.runtime.errors import ModelError
 from tivm.runtime.files import atomic_path, write_text
-from tivm.train.models import TivmModel, build_model, count_parameters, known_keys_only
+from tivm.train.config import known_keys_only
+from tivm.train.heads import TivmModel, build_model, count_parameters
 
 CHECKPOINT_FORMAT = "tivm-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -44,6 +47,11 @@ RESUME_DIR = "resume"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 RNG_KEY = "rng.torch"
+# State-dict prefixes of runs saved before the modules were renamed (TivmModel.audio_branch -> audio_head, the
+# head's VM-NET stack .head -> .mlp), most specific first; only names moved, so old tensors load unchanged.
+# A resume point's optimizer state refers to parameters by position, which the rename kept.
+RENAMED_PREFIXES = (("audio_branch.head.", "audio_head.mlp."), ("video_branch.head.", "video_head.mlp."),
+                    ("audio_branch.", "audio_head."), ("video_branch.", "video_head."))
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -144,7 +152,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> tuple
     return model, record
 
 
+def current_key(key: str) -> str:
+    """A saved state-dict key under today's module names (RENAMED_PREFIXES); current keys pass unchanged."""
+    for old, new in RENAMED_PREFIXES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
 def _load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    tensors = {current_key(key): value for key, value in tensors.items()}
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:

@@ -329,10 +329,10 @@ def _manifest_problem(m: dict, n: int, t: int, da: int, dv: int) -> str | None:
     for key, actual in (("n", n), ("seq_len", t)):
         if key in m and m[key] != actual:
             return f"manifest says {key} = {m[key]} but the arrays hold {actual}"
-    for branch, actual in (("audio", da), ("video", dv)):
-        dim = m.get(branch, {}).get("dim") if isinstance(m.get(branch), dict) else None
+    for modality, actual in (("audio", da), ("video", dv)):
+        dim = m.get(modality, {}).get("dim") if isinstance(m.get(modality), dict) else None
         if dim is not None and dim != actual:
-            return f"manifest says {branch} dim = {dim} but {branch}.npy has {actual}"
+            return f"manifest says {modality} dim = {dim} but {modality}.npy has {actual}"
     return None
 
 

@@ -97,7 +97,7 @@ def vmnet_loss(audio: torch.Tensor, video: torch.Tensor, audio_inputs: torch.Ten
 def compute_loss(loss_config: dict, logit_scale: torch.Tensor, audio_emb: torch.Tensor, video_emb: torch.Tensor,
                  audio_ref: torch.Tensor | None = None, video_ref: torch.Tensor | None = None) -> torch.Tensor:
     """The loss a config names for one batch: "infonce", or "triplet_structure" (needs the reference
-    input-space vectors, Branch.reference_features)."""
+    input-space vectors, Head.reference_features)."""
     kind = loss_config.get("kind", "infonce")
     if kind == "infonce":
         return info_nce(audio_emb, video_emb, logit_scale)

@@ -32,12 +32,12 @@ from torch import nn
 
 from tivm.train.checkpoint import (has_resume_state, load_checkpoint, load_resume_state, save_checkpoint,
                                    save_resume_state)
-from tivm.train.data import input_stats
+from tivm.train.config import TRAIN_RULES, check_option, check_values
+from tivm.train.data_spec import input_stats
 from tivm.train.dataset import FeatureSet
+from tivm.train.heads import TivmModel, build_model, count_parameters
 from tivm.train.losses import compute_loss
 from tivm.train.metrics import retrieval_metrics
-from tivm.train.models import (TRAIN_RULES, TivmModel, build_model, check_option, check_values,
-                               count_parameters)
 
 LOG_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
@@ -279,8 +279,8 @@ class _Epoch:
         ea, ev = gather_with_grad(ea.float()), gather_with_grad(ev.float())
         ref_a = ref_v = None
         if self.loss_config.get("kind") == "triplet_structure":
-            ref_a = gather_no_grad(self.model.audio_branch.reference_features(a))
-            ref_v = gather_no_grad(self.model.video_branch.reference_features(v))
+            ref_a = gather_no_grad(self.model.audio_head.reference_features(a))
+            ref_v = gather_no_grad(self.model.video_head.reference_features(v))
         loss = compute_loss(self.loss_config, self.model.logit_scale, ea, ev, ref_a, ref_v)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -34,10 +34,10 @@ def evaluate(
     rerank: str = typer.Option("none", help="hubness reduction over the gallery: none, center, csls[:K] or "
                                "isoftmax[:TEMPERATURE] (train/hubness.py)"),
 ) -> None:
-    """Embed the gallery with both branches and rank every clip's true partner among all of them."""
+    """Embed the gallery with both heads and rank every clip's true partner among all of them."""
     from tivm.runtime.errors import TivmError
     from tivm.train.checkpoint import load_checkpoint
-    from tivm.train.data import load_spec, split_data
+    from tivm.train.data_spec import load_spec, split_data
     from tivm.train.dataset import fingerprint
     from tivm.train.hubness import parse_method
     from tivm.train.metrics import format_table

@@ -53,9 +53,9 @@ def train(
 ) -> None:
     """Train, select the best epoch on validation Recall@10, and report it on the test split."""
     from tivm.runtime.errors import TivmError
-    from tivm.train.data import data_record, load_spec, split_data
+    from tivm.train.config import ConfigError
+    from tivm.train.data_spec import data_record, load_spec, split_data
     from tivm.train.metrics import format_table
-    from tivm.train.models import ConfigError
     from tivm.train.trainer import fit, world
 
     _init_distributed(device)
@@ -83,8 +83,8 @@ def resolve(config: str, val_fraction: float | None = None, **options) -> tuple[
     """(config dict, validation share, TrainArgs) that tivm-train trains with: the config's values, then the
     options given on the command line (None: not given). ConfigError for anything the config or an option
     gets wrong."""
-    from tivm.train.data import DEFAULT_VAL_FRACTION
-    from tivm.train.models import check_option, load_config
+    from tivm.train.data_spec import DEFAULT_VAL_FRACTION
+    from tivm.train.config import check_option, load_config
     from tivm.train.trainer import TrainArgs
 
     cfg = load_config(config)
