@@ -6,14 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from benchmarks import _artifacts as A
 from benchmarks._context import SONGS, Context
-from benchmarks._engines import (AUDIO_BACKBONE, BRANCHES, REFERENCE, VIDEO_BACKBONES, engine_name,
-                                 modality)
+from benchmarks._engines import REFERENCE, VIDEO_BACKBONES, engine_name, modality
 from benchmarks._stats import NotMeasured, not_measured, summarize, time_call
 
 PROBE = Path(__file__).with_name("_probe.py")
@@ -121,7 +119,7 @@ def cold_start_memory(ctx: Context) -> dict:
             name = f"{backbone} {REFERENCE if engine == 'torch' else engine_name(precision)}"
             try:
                 command = _probe_command(ctx, engine, backbone, precision)
-                seconds, peaks, inside = [], [], []
+                seconds, peaks = [], []
                 for _ in range(ctx.plan.cold_start_repeats):
                     wall, stdout = run_cold(command, _probe_env(ctx.threads))
                     report = json.loads(stdout.strip().splitlines()[-1])

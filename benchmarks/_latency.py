@@ -15,8 +15,17 @@ from benchmarks import _artifacts as A
 from benchmarks import _search_data
 from benchmarks._clips import clip_of_length
 from benchmarks._context import Context
-from benchmarks._engines import (AUDIO_BACKBONE, REFERENCE, VIDEO_BACKBONES, TorchBranch,
-                                 engine_name, modality, ort_branch, preprocess_args, set_torch_threads)
+from benchmarks._engines import (
+    AUDIO_BACKBONE,
+    REFERENCE,
+    VIDEO_BACKBONES,
+    TorchBranch,
+    engine_name,
+    modality,
+    ort_branch,
+    preprocess_args,
+    set_torch_threads,
+)
 from benchmarks._stats import NotMeasured, not_measured, time_call, time_interleaved
 
 TOP_K = 10

@@ -45,8 +45,10 @@ def parity(ctx: Context, run, test) -> dict:
     ks = list(reference["recall"])
     return {
         "n": reference["n"], "configuration": record.get("name"),
-        "fp32_pytorch": {"video_to_audio": reference["recall"], "audio_to_video": reference["audio_to_video"]["recall"]},
-        "int8_runtime": {"video_to_audio": quantized["recall"], "audio_to_video": quantized["audio_to_video"]["recall"]},
+        "fp32_pytorch": {"video_to_audio": reference["recall"],
+                         "audio_to_video": reference["audio_to_video"]["recall"]},
+        "int8_runtime": {"video_to_audio": quantized["recall"],
+                         "audio_to_video": quantized["audio_to_video"]["recall"]},
         "delta_points": {
             "video_to_audio": {k: quantized["recall"][k] - reference["recall"][k] for k in ks},
             "audio_to_video": {k: quantized["audio_to_video"]["recall"][k] - reference["audio_to_video"]["recall"][k]

@@ -40,7 +40,8 @@ def latency_stages(results: dict, path: Path) -> Path | None:
             row = latency["branches"].get(backbone, {}).get(engine)
             if not is_measured(row):
                 continue
-            labels.append(f"{SHORT.get(backbone, backbone)}\n{engine.replace('onnxruntime-', 'ort ').replace('pytorch-', 'torch ')}")
+            short_engine = engine.replace("onnxruntime-", "ort ").replace("pytorch-", "torch ")
+            labels.append(f"{SHORT.get(backbone, backbone)}\n{short_engine}")
             for stage in STACK:
                 values[stage].append(row[stage]["median_ms"])
     if not labels:

@@ -70,8 +70,10 @@ def headline(results: dict) -> list[str]:
     latency = results.get("latency", {})
     rows_in = latency.get("branches", {}).get("resnet50", {}) if is_measured(latency) else {}
     e2e = results.get("end_to_end", {}).get("configs", {}) if is_measured(results.get("end_to_end")) else {}
-    sizes = results.get("sizes", {}).get("branches", {}).get("resnet50", {}) if is_measured(results.get("sizes")) else {}
-    memory = results.get("cold_start_memory", {}).get("configs", {}) if is_measured(results.get("cold_start_memory")) else {}
+    sizes = (results.get("sizes", {}).get("branches", {}).get("resnet50", {})
+             if is_measured(results.get("sizes")) else {})
+    memory = (results.get("cold_start_memory", {}).get("configs", {})
+              if is_measured(results.get("cold_start_memory")) else {})
     reference = rows_in.get(REFERENCE, {})
     base = reference.get("model", {}).get("median_ms") if is_measured(reference) else None
     rows = []

@@ -34,7 +34,8 @@ def agreement(approx: list, exact: list) -> dict:
     mean ratio of the returned songs' summed scores to exact's. On the synthetic library only a query's own
     song stands out; ranks 2-10 are near-ties between unrelated songs, which recall@10 punishes but the
     score ratio shows to be near-equivalent."""
-    recall10 = [len(set(a.songs.tolist()) & set(t.songs.tolist())) / max(1, len(t.songs)) for a, t in zip(approx, exact)]
+    recall10 = [len(set(a.songs.tolist()) & set(t.songs.tolist())) / max(1, len(t.songs))
+                for a, t in zip(approx, exact)]
     recall1 = [float(len(t.songs) > 0 and t.songs[0] in set(a.songs.tolist())) for a, t in zip(approx, exact)]
     ratio = [float(a.scores.sum() / t.scores.sum()) for a, t in zip(approx, exact) if t.scores.sum() > 0]
     return {"recall_at_10_vs_exact": float(np.mean(recall10)), "recall_at_1_vs_exact": float(np.mean(recall1)),

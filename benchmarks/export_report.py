@@ -105,7 +105,8 @@ def measure_branch(plan, options: ExportOptions, work: Path, repeats: int) -> di
                               "float_ops": recipe.get("float_ops")}
         print(f"  {plan.name:5s} {plan.backbone or 'head':18s} {mode:5s} {target.stat().st_size / 1e6:7.1f} MB "
               f"{seconds:6.1f} s  cosine min {cosine.minimum:.4f} median {cosine.median:.4f}  "
-              f"grid min {min(grid.values()):.4f}  {latency * 1000:7.1f} ms/window (min {min(runs) * 1000:.1f})", flush=True)
+              f"grid min {min(grid.values()):.4f}  {latency * 1000:7.1f} ms/window (min {min(runs) * 1000:.1f})",
+              flush=True)
         target.unlink()
     fp32.unlink()
     return row
@@ -155,7 +156,8 @@ def head_recipes_section(options: ExportOptions, work: Path, repeats: int) -> di
     kept_float = [n.name for n in graph.node if n.op_type not in HEAD_RECIPE_FLOAT_OPS]
     batches = [w[None] for w in inputs.calibration]
     files = {"fp32": fp32, "dynamic (recipe)": work / "head.dynamic.onnx",
-             "static all": work / "head.static_all.onnx", "static, norms/softmax/adds float": work / "head.static_kept.onnx"}
+             "static all": work / "head.static_all.onnx",
+             "static, norms/softmax/adds float": work / "head.static_kept.onnx"}
     quant.quantize_int8(fp32, files["dynamic (recipe)"], full=False, input_name=plan.input_name, progress=False)
     quant.quantize_static_backbone(pre, files["static all"], plan.input_name, batches, every, progress=False,
                                    per_channel=True)

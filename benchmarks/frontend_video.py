@@ -29,8 +29,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from tivm.runtime.image import IMAGENET_MEAN, IMAGENET_STD, center_crop_offsets, preprocess_frames, resized_size
 import tivm.runtime.video as video
+from tivm.runtime.image import IMAGENET_MEAN, IMAGENET_STD, center_crop_offsets, preprocess_frames, resized_size
 from tivm.runtime.video import iter_frames, sample_frames
 
 REPO = Path(__file__).resolve().parents[1]

@@ -150,7 +150,8 @@ def main(argv=None) -> int:
           f"{PROFILED_RUNS - 1} profiled runs, summed per group")
     print(f"{'depth':>6} {'out':>5} {'convs':>5} {'symmetric ms':>13} {'gemm ms':>8}  faster")
     for r in rows:
-        print(f"{r['depth']:>6} {r['out_channels']:>5} {r['convs']:>5} {r['symmetric_ms']:>13.2f} {r['gemm_ms']:>8.2f}  "
+        print(f"{r['depth']:>6} {r['out_channels']:>5} {r['convs']:>5} {r['symmetric_ms']:>13.2f} "
+              f"{r['gemm_ms']:>8.2f}  "
               f"{r['faster']}")
     print("sum of the faster kernel per group: "
           f"{sum(min(r['symmetric_ms'], r['gemm_ms']) for r in rows):.1f} ms (all symmetric "

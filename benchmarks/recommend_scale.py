@@ -118,7 +118,8 @@ def build_speed(model: Path, out: Path, threads: int) -> dict:
     from tivm.runtime.library import SongLibrary
 
     audio_seconds = float(SongLibrary.load(out).durations.sum())
-    return {"songs": len(report.embedded), "audio_s": audio_seconds, "wall_s": wall, "x_real_time": audio_seconds / wall}
+    return {"songs": len(report.embedded), "audio_s": audio_seconds, "wall_s": wall,
+            "x_real_time": audio_seconds / wall}
 
 
 def import_time(repeats: int = 5) -> dict:

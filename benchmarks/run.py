@@ -6,7 +6,8 @@ Writes DIR/benchmarks.md (the report), DIR/benchmarks/results.json and DIR/bench
 benchmarks/results/). `--out docs` writes the committed report (docs/benchmarks.md). Full mode takes about
 40 minutes on 2 cores the first time (exports and training runs are built then and cached; see
 benchmarks/README.md), about 15 once they are. --quick (ResNet-50 + VGGish, fp32 and int8, 1 warm-up + 2
-runs) takes 45 s on 2 cores once its exports are cached; its first run builds them (3-3½ minutes), printing what it builds.
+runs) takes 45 s on 2 cores once its exports are cached; its first run builds them (3-3½ minutes), printing
+what it builds.
 A section whose piece is missing or fails is reported as "not measured: <reason>", never guessed.
 --merge keeps the other sections of DIR's results.json (each section records when it was measured).
 """

@@ -143,7 +143,8 @@ def main() -> None:
               "budget_ms": args.budget_ms, "exact_exceeds_budget_at_windows": crossover(rows, args.budget_ms),
               "load_after": _machine.load_average()}
     print(f"exact search passes {args.budget_ms:g} ms at: {report['exact_exceeds_budget_at_windows']} windows "
-          f"(of the sizes measured); machine load before/after: {machine.get('load_average_start')} / {report['load_after']}")
+          f"(of the sizes measured); machine load before/after: {machine.get('load_average_start')} / "
+          f"{report['load_after']}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

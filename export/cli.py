@@ -71,9 +71,11 @@ def export(
 
     torch.set_num_threads(threads)
     options = ExportOptions(
-        quantize=quantize, int8_target=int8_target, branch_kind=branch_kind, audio_backbone=audio_backbone, video_backbone=video_backbone,
+        quantize=quantize, int8_target=int8_target, branch_kind=branch_kind, audio_backbone=audio_backbone,
+        video_backbone=video_backbone,
         audio_weights=_str(audio_weights), video_weights=_str(video_weights), pca_params=_str(pca_params),
-        vggish_postprocess=vggish_postprocess, weights_dir=_str(weights_dir), download=not no_download, calibration=_str(calibration),
+        vggish_postprocess=vggish_postprocess, weights_dir=_str(weights_dir), download=not no_download,
+        calibration=_str(calibration),
         num_calibration=num_calibration, num_validation=num_validation, min_cosine=min_cosine, threads=threads,
         progress=not quiet)
     try:
@@ -81,13 +83,13 @@ def export(
     except ExportFailed as failure:
         _write_json(json_report, failure.report)
         typer.echo(f"error: {failure}", err=True)
-        raise typer.Exit(EXIT_VALIDATION)
+        raise typer.Exit(EXIT_VALIDATION) from None
     except (ExportError, ValidationError) as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(EXIT_VALIDATION)
+        raise typer.Exit(EXIT_VALIDATION) from None
     except (TivmError, ValueError, OSError) as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(EXIT_INPUT)
+        raise typer.Exit(EXIT_INPUT) from None
     _write_json(json_report, report)
     _print_summary(report)
 

@@ -1,6 +1,6 @@
 """Float32 ONNX branch -> int8 or fp16 file, with the recipe written down for the manifest.
 
-int8 (measured on this CPU, see docs/export.md and benchmarks/export_report.py):
+int8 (chosen by measurement: docs/export.md and benchmarks/export_report.py):
 * backbone (convolutions and its fully connected layers): static QDQ, uint8 activations and int8 weights
   (U8S8) per output channel, MinMax calibration on real inputs. Signed-int8 activations (the QDQ default) run
   no faster than float32 on x86; U8S8 uses the VNNI/AMX u8*s8 kernels. Per-channel weights keep depthwise
@@ -13,9 +13,9 @@ int8 (measured on this CPU, see docs/export.md and benchmarks/export_report.py):
   the final L2 normalisation all stay float.
 int8 target "amx" (opt-in): onnxruntime runs a QLinearConv whose int8 weights have zero point 0 through its
 indirect symmetric-convolution kernels (AVX-512 VNNI at best), and every other conv through im2col + its
-integer GEMM, which uses AMX tiles on CPUs that have them (Xeon 4th generation and later). On this AMX Xeon the
-GEMM was faster for convolutions at least GEMM_MIN_DEPTH deep (input channels per group x kernel area; ResNet-50
-3x3 convolutions of stages 2-4 1.6-2.1x faster each) and slower for shallower ones, so "amx" stores those deep convolutions'
+integer GEMM, which uses AMX tiles on CPUs that have them (Xeon 4th generation and later). On an AMX Xeon the
+GEMM is faster for convolutions at least GEMM_MIN_DEPTH deep (input channels per group x kernel area) and
+slower for shallower ones (docs/export.md measures it per depth), so "amx" stores those deep convolutions'
 weights as q - 1 with zero point -1: they dequantize to exactly the same values, only the kernel changes.
 "portable" (the default) keeps onnxruntime's choice, which suits CPUs without AMX and ARM.
 fp16: weights stored as float16 and cast back to float32 when the session loads (onnxruntime folds the Casts),
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-from tivm.runtime.errors import (AudioTooShortError, LibraryError, MediaError, ModelError, OutputError,
-                                 TivmError)
+from tivm.runtime.errors import AudioTooShortError, LibraryError, MediaError, ModelError, OutputError, TivmError
 
 _LAZY = {
     "Recommender": "tivm.runtime.recommend",

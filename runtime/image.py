@@ -46,9 +46,8 @@ OUTPUT_BLOCK = 32  # output pixels per banded matrix product: small enough to sk
 # float64 input converted at a time by the horizontal pass: bounds memory for any frame size, while
 # ordinary frames (up to 1080p) still go in one or two chunks
 CHUNK_BYTES = 8 << 20
-# The banded products are small: on a busy 2-core machine OpenBLAS's threads spin against other processes
-# (measured 15 frames: 3.4-4.2 s with default threads, 0.46-0.61 s with one), and on an idle one a single
-# thread loses little, so they run single-threaded.
+# The banded products are small: on a busy machine OpenBLAS's threads spin against other processes (several
+# times slower, docs/architecture.md), and on an idle one a single thread loses little.
 BLAS_THREADS = 1
 
 

@@ -33,8 +33,8 @@ import numpy as np
 
 from tivm.runtime.errors import LibraryError, MediaError, TivmError
 from tivm.runtime.files import atomic_write, check_output
-from tivm.runtime.media import check_local_file, open_media
 from tivm.runtime.manifest import file_sha256
+from tivm.runtime.media import check_local_file, open_media
 
 FORMAT = "tivm-library"
 VERSION = 1
@@ -181,7 +181,7 @@ def is_library(path: str | os.PathLike) -> bool:
         return False
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if "meta.npy" not in getattr(npz, "zip").namelist():
+            if "meta.npy" not in npz.zip.namelist():
                 return False
             meta = json.loads(str(npz["meta"]))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, AttributeError):

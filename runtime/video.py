@@ -11,18 +11,15 @@ that jumps back by more than 0.5 s (concatenated MPEG-TS) continues from the pre
 timestamps degrade to frame counting rather than failing.
 When one frame spans several targets (a variable-rate stream with a gap), it stands for each of them.
 
-Why PyAV and not OpenCV: both decode with FFmpeg and give bit-identical RGB frames on the project's clips;
-speed did not separate them (15 s 720p clip, chosen frames only: OpenCV 0.39-0.42 s vs PyAV 0.43-0.72 s on
-a lightly loaded 2-core box, 0.63 vs 1.02 s in one loaded benchmark run, 2.10 vs 2.05 s medians interleaved
-under heavy load; benchmarks/frontend_video.py prints both). PyAV wins on what the front end needs: it is
-already the runtime's audio decoder, gives the real presentation timestamps (OpenCV's CAP_PROP_POS_MSEC is
-derived), decodes without converting to RGB (only chosen frames go through ``to_ndarray(format="rgb24")``),
-seeks to a keyframe for a late ``start`` (a 15 s window at 300 s of a long video: see the benchmark), and
-raises typed errors we translate into MediaError.
+Why PyAV and not OpenCV: both decode with FFmpeg and give bit-identical RGB frames on the project's clips,
+and speed does not separate them (docs/architecture.md, "Design measurements"; benchmarks/frontend_video.py
+prints both). PyAV wins on what the front end needs: it is already the runtime's audio decoder, gives the
+real presentation timestamps (OpenCV's CAP_PROP_POS_MSEC is derived), decodes without converting to RGB
+(only chosen frames go through ``to_ndarray(format="rgb24")``), seeks to a keyframe for a late ``start``,
+and raises typed errors we translate into MediaError.
 
 Speed: packets that present before the next target are decoded with skip_frame=NONREF, so frames that no
-other frame refers to (most B-frames) are not decoded at all; on the 15 s 720p clip 220 of 360 frames are
-decoded (0.85 -> 0.66 s in one interleaved loaded measurement), with identical chosen frames.
+other frame refers to (most B-frames) are not decoded at all, with identical chosen frames.
 
 Orientation: frames come out as players show them. Phones record a portrait clip as landscape pixels plus a
 display matrix (rotation, sometimes a mirror) in the container; each chosen frame is turned upright the way

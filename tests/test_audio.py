@@ -12,8 +12,8 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import shared_path
+
 from tivm.runtime import audio
 from tivm.runtime.audio import load_audio, log_mel_patches
 from tivm.runtime.errors import AudioTooShortError, MediaError

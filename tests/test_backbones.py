@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import shared_path
+
 from tivm.train import backbones as B
 from tivm.train import weights as W
 from tivm.train.efficientnet_lite import EfficientNetLite0, same_padding

@@ -16,9 +16,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from test_runtime_model import make_model_dir
 from typer.testing import CliRunner
 
-from test_runtime_model import make_model_dir
 from tivm.runtime.files import OutputError, atomic_write, check_output
 from tivm.runtime.library import build_library
 from tivm.runtime.model import Model

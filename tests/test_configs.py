@@ -10,16 +10,26 @@ from dataclasses import fields
 
 import pytest
 import torch
+from conftest import REPO
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from conftest import REPO
 from tivm.runtime.errors import ModelError, TivmError
 from tivm.train import checkpoint
 from tivm.train.cli.train import app as train_app
 from tivm.train.cli.train import resolve
-from tivm.train.config import (BLOCK_RULES, COMMAND_LINE_ONLY, LOSS_RULES, MODEL_DEFAULTS, MODEL_RULES, TRAIN_RULES,
-                               ConfigError, config_path, load_config, packaged_configs)
+from tivm.train.config import (
+    BLOCK_RULES,
+    COMMAND_LINE_ONLY,
+    LOSS_RULES,
+    MODEL_DEFAULTS,
+    MODEL_RULES,
+    TRAIN_RULES,
+    ConfigError,
+    config_path,
+    load_config,
+    packaged_configs,
+)
 from tivm.train.data_spec import split_data
 from tivm.train.heads import build_model
 from tivm.train.synthetic import generate

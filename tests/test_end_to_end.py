@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import shared_path
 from e2e_models import AUDIO_BACKBONE, VIDEO_BACKBONE, ExportedModels, build_models
+
 from tivm.runtime.errors import LibraryError, ModelError
 
 torch.set_num_threads(1)

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from test_library_robustness import save, valid_arrays
 from typer.testing import CliRunner
 
-from test_library_robustness import save, valid_arrays
 from tivm.runtime.errors import LibraryError, OutputError
 from tivm.runtime.flat_library import export_flat, quantize_rows, read_flat
 from tivm.runtime.library import FORMAT, VERSION, SongLibrary

@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import onnx.compose
 import pytest
+from conftest import shared_path
 from onnx import TensorProto, helper
 
-from conftest import shared_path
 from tivm.export import frontend_graphs as fg
 from tivm.runtime import audio, image
 from tivm.runtime.model import loop_pad, window_starts

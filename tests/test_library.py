@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_runtime_model import EMBED_DIM, make_model_dir
 from typer.testing import CliRunner
 
-from test_runtime_model import EMBED_DIM, make_model_dir
 from tivm.runtime.errors import LibraryError
 from tivm.runtime.library import SongLibrary, build_library
 from tivm.runtime.model import Model

@@ -9,17 +9,16 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from conftest import shared_path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from test_runtime_model import make_model_dir
 
 from tivm.runtime import image, video
 from tivm.runtime.errors import MediaError
 from tivm.runtime.model import Model, WindowStream, loop_pad, window_starts
 from tivm.runtime.video import display_orientation, sample_frames, upright
-
-from conftest import shared_path
-from test_runtime_model import make_model_dir
 
 MiB = 1 << 20
 PIL_STRIP_BYTES = 16 * MiB  # the PIL reference resizes in strips of at most this much output

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_runtime_model import make_model_dir
+
 from tivm.runtime.errors import LibraryError, ModelError
 from tivm.runtime.manifest import model_fingerprint, read_manifest
 from tivm.runtime.model import Model

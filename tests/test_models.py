@@ -138,8 +138,8 @@ def _structure_reference(x, e, k, scale):
         order = [j for j in np.argsort(dx[i]) if j != i][:k]
         for p in range(k):
             for r in range(p + 1, k):
-                j, l = order[p], order[r]
-                terms.append(abs(np.sign(dx[i, j] - dx[i, l]) - np.tanh((de[i, j] - de[i, l]) / scale)) / 2)
+                j, m = order[p], order[r]
+                terms.append(abs(np.sign(dx[i, j] - dx[i, m]) - np.tanh((de[i, j] - de[i, m]) / scale)) / 2)
     return float(np.mean(terms))
 
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 # package -> (folder, what its modules must never import). The runtime ships alone to small devices (no

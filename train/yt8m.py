@@ -25,8 +25,18 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from tivm.train.dataset import (CLIP_SECONDS, DEFAULT_FRACTIONS, DEFAULT_SALT, DatasetError, FeatureSet,
-                                assign_splits, labels_to_csr, make_clip_id, make_manifest, split_rule)
+from tivm.train.dataset import (
+    CLIP_SECONDS,
+    DEFAULT_FRACTIONS,
+    DEFAULT_SALT,
+    DatasetError,
+    FeatureSet,
+    assign_splits,
+    labels_to_csr,
+    make_clip_id,
+    make_manifest,
+    split_rule,
+)
 
 RGB_DIM = 1024
 AUDIO_DIM = 128

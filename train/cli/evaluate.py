@@ -64,7 +64,8 @@ def evaluate(
     if not same_features:
         typer.echo("warning: these features were not made like the training data "
                    "(data-set fingerprints differ)", err=True)
-    name = record.get("name") if len(loaded) == 1 else "ensemble(" + ", ".join(r.get("name", "?") for _, r in loaded) + ")"
+    names = ", ".join(r.get("name", "?") for _, r in loaded)
+    name = record.get("name") if len(loaded) == 1 else f"ensemble({names})"
     metrics.update(checkpoint=[str(c) for c in checkpoints] if len(loaded) > 1 else str(checkpoints[0]),
                    configuration=name, data=str(data), label=label,
                    split=split, same_features_as_training=same_features, rerank=rerank)

@@ -35,7 +35,8 @@ def _init_distributed(device: str) -> None:
 
 @app.command()
 def train(
-    config: str = typer.Option(..., "--config", "-c", help="VM-M, VM-R, VM-MS, IVM-M, IVM-MS, LIVM, TIVM or a JSON file"),
+    config: str = typer.Option(..., "--config", "-c",
+                               help="VM-M, VM-R, VM-MS, IVM-M, IVM-MS, LIVM, TIVM or a JSON file"),
     data: str = typer.Option(..., "--data", "-d", help="data-set dir, TFRecord glob, or synthetic[:n=..,seed=..]"),
     output: Path = typer.Option(..., "--output", "-o", help="run directory (checkpoints, metrics.jsonl)"),
     label: Optional[int] = typer.Option(None, help="test gallery = clips with this label; the rest train/validate"),
@@ -83,8 +84,8 @@ def resolve(config: str, val_fraction: float | None = None, **options) -> tuple[
     """(config dict, validation share, TrainArgs) that tivm-train trains with: the config's values, then the
     options given on the command line (None: not given). ConfigError for anything the config or an option
     gets wrong."""
-    from tivm.train.data_spec import DEFAULT_VAL_FRACTION
     from tivm.train.config import check_option, load_config
+    from tivm.train.data_spec import DEFAULT_VAL_FRACTION
     from tivm.train.trainer import TrainArgs
 
     cfg = load_config(config)
