@@ -1,1 +1,36 @@
-"""tivm export: PyTorch models to quantized ONNX per branch."""
+"""tivm export: a trained run to quantized ONNX branches plus the manifest the runtime reads.
+
+The public API, imported on first use::
+
+    from tivm.export import export_model, ExportOptions, ExportFailed
+
+    report = export_model("runs/tivm", "models/tivm", ExportOptions(quantize="int8"))
+    report["branches"]["video"]["validation"]           # held-out cosine against PyTorch
+
+`export_model` raises ExportFailed (and writes nothing) when a branch's held-out median cosine against
+PyTorch falls below `ExportOptions.min_cosine`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "export_model": "tivm.export.pipeline",
+    "ExportOptions": "tivm.export.pipeline",
+    "ExportFailed": "tivm.export.pipeline",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tivm.export' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,4 +1,5 @@
-"""Writing files safely: one place that checks where an output goes and writes it atomically.
+"""Reading and writing files safely: one place that checks where an output goes and writes it atomically,
+and one strict reader for the JSON files tivm is handed.
 
 Every artefact tivm writes (libraries, model manifests, previews, search indexes, checkpoints, weights,
 features) goes through `atomic_path` / `atomic_write`: the bytes land in a unique temporary file in the
@@ -14,6 +15,7 @@ only replace an existing file that is an artefact of the same kind.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tempfile
@@ -24,6 +26,7 @@ from typing import IO, Callable, Iterable, Iterator
 
 from tivm.runtime.errors import OutputError
 
+MAX_JSON_BYTES = 16 << 20  # manifests, configs and indexes are kB to a few MB; a larger one is not parsed
 _UMASK_LOCK = threading.Lock()  # os.umask can only be read by setting it: keep other threads out meanwhile
 
 
@@ -139,3 +142,26 @@ def _check_writable(folder: Path, path: Path) -> None:
         raise OutputError(f"{path}: cannot write in {folder} ({exc.strerror or exc})") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def read_json_object(path: str | os.PathLike, error: Callable[[str], Exception],
+                     max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """A JSON object from `path`, strictly: no NaN/Infinity, at most `max_bytes`; anything else raises
+    `error(problem)` (the caller's exception type, whose message names the file)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise error(f"{size} bytes is too large for this file (at most {max_bytes})")
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except FileNotFoundError:
+        raise error("missing") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise error(f"not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise error("not a JSON object")
+    return data
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")

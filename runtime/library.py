@@ -35,6 +35,7 @@ from tivm.runtime.errors import LibraryError, MediaError, TivmError
 from tivm.runtime.files import atomic_write, check_output
 from tivm.runtime.manifest import file_sha256
 from tivm.runtime.media import check_local_file, open_media
+from tivm.runtime.version import tivm_version
 
 FORMAT = "tivm-library"
 VERSION = 1
@@ -437,7 +438,7 @@ def _assemble(songs: list[_Song], model, root: Path, hop_seconds: float) -> Song
         "window_seconds": float(model.manifest.audio.clip_seconds),
         "song_vector": "mean of window embeddings, re-normalised",
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "tivm_version": _tivm_version(),
+        "tivm_version": tivm_version(),
     }
     return SongLibrary(
         embeddings=np.concatenate(vectors).astype(np.float16),
@@ -450,15 +451,6 @@ def _assemble(songs: list[_Song], model, root: Path, hop_seconds: float) -> Song
         sha256=np.array([s.sha256 for s in songs], dtype=str),
         meta=meta,
     )
-
-
-def _tivm_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("tivm")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _mmap_member(path: Path, name: str) -> np.ndarray:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tivm.runtime.errors import ModelError
-from tivm.runtime.files import write_text
+from tivm.runtime.files import read_json_object, write_text
 
 FORMAT = "tivm-model"
 # 2: model_fingerprint also covers every setting that changes an embedding (EMBEDDING_FIELDS), so editing
@@ -294,12 +294,7 @@ def read_manifest(model_dir: str | os.PathLike) -> ModelManifest:
         raise ModelError(f"{model_dir}: not a model directory (no such directory)")
     if not path.is_file():
         raise ModelError(f"{path}: missing (a model directory holds audio.onnx, video.onnx, manifest.json)")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise ModelError(f"{path}: {path.stat().st_size} bytes is too large for a model manifest")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelError(f"{path}: not readable JSON ({exc})") from None
+    data = read_json_object(path, lambda problem: ModelError(f"{path}: {problem}"), max_bytes=MAX_MANIFEST_BYTES)
     return ModelManifest.from_json(data, str(path))
 
 
@@ -328,10 +323,6 @@ def _with_checked_sha256(model_dir: Path, branch: BranchManifest) -> BranchManif
     if branch.sha256 and branch.sha256 != actual:
         raise ModelError(f"{path}: sha256 {actual} does not match the manifest's {branch.sha256}")
     return dataclasses.replace(branch, sha256=actual)
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _require(data: Any, keys: tuple[str, ...], where: str) -> None:

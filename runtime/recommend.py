@@ -22,6 +22,7 @@ from tivm.runtime.search import make_search
 
 MODEL_ENV = "TIVM_MODEL"
 HOME_ENV = "TIVM_HOME"  # the same cache root as the weights (tivm.train.weights)
+AUDIO_SAMPLE_RATE = 16000  # tivm.runtime.audio.SAMPLE_RATE, without importing PyAV to say so (a test checks)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,8 @@ class Recommender:
         """A video file or RGB frames (T, H, W, 3) uint8, one per second -> window embeddings."""
         return self.model.embed_video(video)
 
-    def embed_audio(self, audio, sample_rate: int = 16000, hop_seconds: float | None = None) -> WindowEmbeddings:
+    def embed_audio(self, audio, sample_rate: int = AUDIO_SAMPLE_RATE,
+                    hop_seconds: float | None = None) -> WindowEmbeddings:
         """A waveform or audio file -> window embeddings (the same space as the library)."""
         return self.model.embed_audio(audio, sample_rate=sample_rate, hop_seconds=hop_seconds)
 

@@ -273,3 +273,9 @@ def test_auto_search_is_exact_while_the_float32_copy_fits():
     assert not exact_fits(np.broadcast_to(np.zeros(512, np.float16), (600_000, 512)))
     with pytest.raises(ValueError, match="search method"):
         make_search(small, np.array([0, 100]), "fastest")
+
+
+def test_the_recommenders_sample_rate_is_the_front_ends():
+    from tivm.runtime import audio, recommend
+
+    assert recommend.AUDIO_SAMPLE_RATE == audio.SAMPLE_RATE

@@ -14,13 +14,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from tivm.runtime.image import IMAGENET_MEAN, IMAGENET_STD  # one definition: the runtime's front end
 from tivm.train import weights as W
 from tivm.train.efficientnet_lite import EfficientNetLite0
 from tivm.train.resnet import ResNet50
 from tivm.train.vggish import VGGish, VGGishPostprocess
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # TF EfficientNet-Lite: (pixel - 127) / 128 on 0..255, written here on the 0..1 scale preprocess_frames uses
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3

@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tivm.runtime.errors import ModelError
-from tivm.runtime.files import atomic_path, write_text
+from tivm.runtime.files import atomic_path, read_json_object, write_text
 from tivm.train.config import known_keys_only
 from tivm.train.heads import TivmModel, build_model, count_parameters
 
@@ -69,15 +69,7 @@ def _save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: unreadable JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: not a JSON object")
-    return data
+    return read_json_object(path, lambda problem: ModelError(f"{path}: {problem}"))
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:

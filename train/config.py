@@ -15,7 +15,6 @@ error naming the nearest known one, so a typo never trains a silently different 
 from __future__ import annotations
 
 import difflib
-import json
 import math
 from collections.abc import Callable
 from importlib import resources
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tivm.runtime.errors import TivmError
+from tivm.runtime.files import read_json_object
 
 CONFIG_NAMES = ("VM-M", "VM-R", "VM-MS", "IVM-M", "IVM-MS", "LIVM", "TIVM")
 EMBED_DIM = 512
@@ -222,10 +222,7 @@ def load_config(name_or_path: str | Path) -> dict:
     path = config_path(text) if is_name else Path(text)
     if not path.is_file():
         raise ConfigError(path, f"no such config file (names: {', '.join(CONFIG_NAMES)})")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(path, f"not a readable JSON config ({e})") from None
+    config = read_json_object(path, lambda problem: ConfigError(path, f"config {problem}"))
     return complete_config(config, where=str(path))
 
 

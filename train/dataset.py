@@ -26,6 +26,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from tivm.runtime.errors import TivmError
+from tivm.runtime.files import read_json_object
+from tivm.runtime.version import tivm_version
 
 FORMAT_NAME = "tivm-dataset"
 FORMAT_VERSION = 1
@@ -89,14 +91,6 @@ def _checked_fractions(fractions: Sequence[float]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- manifest
-
-def tivm_version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("tivm")
-    except Exception:  # not installed (running from a bare checkout)
-        return "unknown"
-
 
 def make_manifest(source: str, audio: dict, video: dict, *, clip_seconds: float = CLIP_SECONDS,
                   rule: dict | None = None, **extra: Any) -> dict:
@@ -410,12 +404,7 @@ def _read_manifest(root: Path) -> dict:
     path = root / MANIFEST_FILE
     if not path.is_file():
         raise DatasetError(root, f"no {MANIFEST_FILE}: not a tivm data set, or a save that did not finish")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(path, f"unreadable manifest ({e})") from None
-    if not isinstance(manifest, dict):
-        raise DatasetError(path, "manifest is not a JSON object")
+    manifest = read_json_object(path, lambda problem: DatasetError(path, f"manifest: {problem}"))
     if manifest.get("format") != FORMAT_NAME:
         raise DatasetError(path, f"format is {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
     return manifest
