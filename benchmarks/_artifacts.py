@@ -105,10 +105,6 @@ def backbone_weights(name: str) -> Path:
     return path
 
 
-def weights_are_real(name: str) -> bool:
-    return name == "efficientnet-lite0"
-
-
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 def latency_checkpoint() -> Path:

@@ -18,14 +18,20 @@ from benchmarks._stats import not_measured, summarize
 TOP_K = 10
 
 
-def _timed_queries(search, queries: np.ndarray) -> tuple[dict, list]:
-    search.top_songs(queries[0], TOP_K)  # warm-up
+def time_queries(search, queries: np.ndarray, k: int = TOP_K) -> tuple[list[float], list]:
+    """(seconds per query, hits per query) for one search over every query, one at a time."""
     seconds, hits_per_query = [], []
     for query in queries:
         started = time.perf_counter()
-        hits = search.top_songs(query, TOP_K)
+        hits = search.top_songs(query, k)
         seconds.append(time.perf_counter() - started)
         hits_per_query.append(hits)
+    return seconds, hits_per_query
+
+
+def _timed_queries(search, queries: np.ndarray) -> tuple[dict, list]:
+    search.top_songs(queries[0], TOP_K)  # warm-up
+    seconds, hits_per_query = time_queries(search, queries)
     return summarize(seconds), hits_per_query
 
 

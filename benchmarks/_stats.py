@@ -72,13 +72,6 @@ def time_interleaved(calls: dict[Any, Callable[[], Any]], warmup: int, runs: int
     return {key: summarize(values) for key, values in seconds.items()}
 
 
-def speedup(slow: dict, fast: dict) -> float | None:
-    """Ratio of two summaries' medians (slow / fast), None when either is missing."""
-    if not (is_measured(slow) and is_measured(fast)) or not fast.get("median_ms"):
-        return None
-    return slow["median_ms"] / fast["median_ms"]
-
-
 def cosine_summary(a: np.ndarray, b: np.ndarray) -> dict:
     """Per-row cosine similarity of two (N, D) embedding sets: min, p1, median."""
     a = np.asarray(a, np.float64)

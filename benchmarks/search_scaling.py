@@ -50,19 +50,10 @@ def queries_for(centres, n: int, rng):
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-def time_queries(search, queries) -> tuple[list[float], list]:
-    times, hits = [], []
-    for q in queries:
-        t0 = time.perf_counter()
-        hit = search.top_songs(q, TOP)
-        times.append(time.perf_counter() - t0)
-        hits.append(hit)
-    return times, hits
-
-
 def measure(n_windows: int, dim: int, n_queries: int, with_faiss: bool, ef_search: list[int]) -> dict:
     import numpy as np
 
+    from benchmarks._search import time_queries
     from tivm.runtime.search import ExactSearch, FaissSearch
 
     rng = np.random.default_rng(SEED)
@@ -71,10 +62,10 @@ def measure(n_windows: int, dim: int, n_queries: int, with_faiss: bool, ef_searc
     t0 = time.perf_counter()
     exact = ExactSearch(embeddings, offsets)  # float32 copy when it fits FLOAT32_COPY_MAX_BYTES
     exact_setup = time.perf_counter() - t0
-    time_queries(exact, queries[:2])  # warm caches
-    exact_times, exact_hits = time_queries(exact, queries)
+    time_queries(exact, queries[:2], TOP)  # warm caches
+    exact_times, exact_hits = time_queries(exact, queries, TOP)
     streamed = ExactSearch(embeddings, offsets, float32_copy_max_bytes=0)  # float16 chunks, as for a big mmap
-    streamed_times, _ = time_queries(streamed, queries[:max(3, n_queries // 5)])
+    streamed_times, _ = time_queries(streamed, queries[:max(3, n_queries // 5)], TOP)
     row = {"windows": len(embeddings), "songs": len(offsets) - 1, "dim": dim,
            "library_mib": round(embeddings.nbytes / 2**20, 1),
            "exact_median_ms": round(1000 * statistics.median(exact_times), 2),
@@ -90,8 +81,8 @@ def measure(n_windows: int, dim: int, n_queries: int, with_faiss: bool, ef_searc
     row["hnsw"] = []
     for ef in ef_search:
         approx.index.hnsw.efSearch = ef
-        time_queries(approx, queries[:2])
-        approx_times, approx_hits = time_queries(approx, queries)
+        time_queries(approx, queries[:2], TOP)
+        approx_times, approx_hits = time_queries(approx, queries, TOP)
         recall = [len(set(e.songs.tolist()) & set(a.songs.tolist())) / TOP for e, a in zip(exact_hits, approx_hits)]
         top1 = [e.songs[0] == a.songs[0] for e, a in zip(exact_hits, approx_hits)]
         row["hnsw"].append({"ef_search": ef,

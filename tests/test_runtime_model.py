@@ -1,6 +1,6 @@
 """Model directories: manifest round trip and refusals, sha256/truncation checks, windowing, head models.
 
-The ONNX models here are tiny stand-ins built with onnx.helper (the real exporter comes later): "full"
+The ONNX models here are tiny stand-ins built with onnx.helper (fast, and independent of the exporter): "full"
 audio (B, T, 96, 64) and video (B, T, 3, 224, 224) graphs that average over time, pool, project with a
 fixed random matrix and L2-normalise; "head" graphs do the same on (B, T, D) features.
 """
