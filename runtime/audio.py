@@ -43,6 +43,7 @@ PATCH_FRAMES = 96
 PATCH_HOP_FRAMES = 96  # patches do not overlap
 PATCH_SECONDS = PATCH_FRAMES * HOP_SAMPLES / SAMPLE_RATE  # 0.96
 PATCH_SAMPLES = WINDOW_SAMPLES + (PATCH_FRAMES - 1) * HOP_SAMPLES  # 15,600: the shortest input with a patch
+PATCH_HOP_SAMPLES = PATCH_HOP_FRAMES * HOP_SAMPLES  # 15,360: samples from one patch's start to the next one's
 RESAMPLE_METHOD = "kaiser_best"  # resampy's filter, as VGGish's reference resampled; or "soxr_vhq"
 FRONTEND_NAME = "vggish-log-mel"
 FRONTEND_VERSION = 1
@@ -369,6 +370,11 @@ def num_patches(num_samples: int) -> int:
     return (1 + (num_samples - WINDOW_SAMPLES) // HOP_SAMPLES) // PATCH_FRAMES
 
 
+def patch_samples(patches: int) -> int:
+    """Samples that `patches` consecutive patches cover, from the first one's first sample (15 patches: 230,640)."""
+    return WINDOW_SAMPLES + (patches * PATCH_FRAMES - 1) * HOP_SAMPLES
+
+
 def log_mel_patches(
     waveform: np.ndarray, sample_rate: int = SAMPLE_RATE, *, source: str | os.PathLike | None = None
 ) -> np.ndarray:
@@ -376,6 +382,18 @@ def log_mel_patches(
 
     Raises AudioTooShortError when there is less than one patch (PATCH_SAMPLES at 16 kHz); `source`, if
     given, names where the waveform came from in that message.
+    """
+    waveform = patch_pcm(waveform, sample_rate, source=source)
+    n = num_patches(waveform.shape[0])
+    log_mel = log_mel_spectrogram(waveform[:patch_samples(n)])  # the samples the kept frames cover
+    return log_mel.reshape(n, PATCH_FRAMES, NUM_BANDS)
+
+
+def patch_pcm(
+    waveform: np.ndarray, sample_rate: int = SAMPLE_RATE, *, source: str | os.PathLike | None = None
+) -> np.ndarray:
+    """The 16 kHz mono waveform `log_mel_patches` cuts its patches from (resampled first if needed), checked
+    as it checks it; what a raw model's graph takes. AudioTooShortError below one patch (see log_mel_patches).
     """
     waveform = np.asarray(waveform)
     if waveform.ndim != 1:
@@ -395,6 +413,4 @@ def log_mel_patches(
             f"({given / sample_rate:.3f} s) given, at least {PATCH_SAMPLES} samples at {SAMPLE_RATE} Hz "
             f"({PATCH_SAMPLES / SAMPLE_RATE:.3f} s) needed",
         )
-    used = WINDOW_SAMPLES + (n * PATCH_FRAMES - 1) * HOP_SAMPLES  # samples the kept frames cover
-    log_mel = log_mel_spectrogram(waveform[:used])
-    return log_mel.reshape(n, PATCH_FRAMES, NUM_BANDS)
+    return waveform

@@ -202,7 +202,8 @@ def _resize_crop_one(frame: np.ndarray, size: tuple[int, int], crop: int) -> np.
     return _clip8(sums).reshape(crop, 3, crop)
 
 
-def _check_frames(frames) -> np.ndarray:
+def check_frames(frames) -> np.ndarray:
+    """`frames` itself if it is a (T, H, W, 3) uint8 numpy array with H, W >= 1, else a ValueError saying why."""
     if not isinstance(frames, np.ndarray):
         raise ValueError(f"frames must be a numpy array (T, H, W, 3) uint8, got {type(frames).__name__}")
     if frames.dtype != np.uint8:
@@ -222,7 +223,7 @@ def preprocess_frames(
     std=IMAGENET_STD,
 ) -> np.ndarray:
     """(T, H, W, 3) uint8 RGB → (T, 3, crop, crop) float32: Resize(resize), CenterCrop(crop), ToTensor, Normalize."""
-    frames = _check_frames(frames)
+    frames = check_frames(frames)
     if crop > resize:
         raise ValueError(f"crop ({crop}) must not exceed resize ({resize}): torchvision would pad with zeros")
     n, height, width, _ = frames.shape

@@ -3,7 +3,7 @@
 `manifest.json` (format "tivm-model", version 2; version 1 still loads)::
 
     {"format": "tivm-model", "version": 2,
-     "audio": {"file": "audio.onnx", "sha256": "...", "kind": "full" | "head",
+     "audio": {"file": "audio.onnx", "sha256": "...", "kind": "full" | "head" | "raw",
                "input": {"name": "...", "shape": ["batch", "time", 96, 64], "dtype": "float32"},
                "output": {"name": "...", "shape": ["batch", 512], "dtype": "float32"},
                "frontend": {...},          # audio_frontend(): tivm.runtime.audio.frontend_params()
@@ -15,6 +15,13 @@
 
 "full" branches take what the runtime's front ends compute (log-mel patches (B, T, 96, 64) or preprocessed
 frames (B, T, 3, 224, 224)); "head" branches take per-second backbone features (B, T, D), D = `feature_dim`.
+"raw" branches hold the front end too (tivm.export.frontend_graphs in front of a full branch): they take
+16 kHz PCM (``"input": {"name": "pcm", "shape": ["samples"], "dtype": "float32"}``) or RGB frames sampled
+at the front end's fps (``{"name": "frames", "shape": ["time", "height", "width", 3], "dtype": "uint8"}``)
+plus a second input, the window hop, described by ``"hop": {"name": "hop_patches" | "hop_frames", "shape": [],
+"dtype": "int64", "unit_seconds": 0.96 | 1 / fps}``, and give one embedding per window, ``["windows", 512]``.
+Their ``frontend`` is the full branch's (what the graph computes), checked against this runtime the same way.
+Only raw branches have the "hop" key, so full and head manifests (and their fingerprints) are unchanged.
 `model_fingerprint` is the sha256 over the two branch files' sha256s and every setting that changes an
 embedding (version 1: the files only): a song library records it, so a library is only ever queried with
 the model that embedded its songs.
@@ -42,12 +49,16 @@ VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 BRANCHES = ("audio", "video")
-KINDS = ("full", "head")
+KINDS = ("full", "head", "raw")
+FRONTEND_KINDS = ("full", "raw")  # kinds whose `frontend` is one this runtime computes (checked at load)
+RAW_INPUTS = {"audio": ("float32", 1), "video": ("uint8", 4)}  # raw branch: main input dtype and rank
 FINGERPRINT_DOMAIN = b"tivm-model-fingerprint/v1\n"
 FINGERPRINT_DOMAIN_V2 = b"tivm-model-fingerprint/v2\n"
 # What a branch's embedding depends on besides its ONNX file (quantization and provenance do not matter:
 # they describe how the file was made, and the file's sha256 covers the result).
-EMBEDDING_FIELDS = ("kind", "input", "output", "frontend", "clip_seconds", "embedding_dim", "feature_dim")
+# "hop" (raw branches only) is hashed only when present, so full/head fingerprints stay what they were.
+EMBEDDING_FIELDS = ("kind", "input", "output", "frontend", "clip_seconds", "embedding_dim", "feature_dim", "hop")
+OPTIONAL_EMBEDDING_FIELDS = ("hop",)
 MAX_CLIP_SECONDS = 600.0  # one window; the paper's is 15 s
 MAX_FPS = 30.0  # frames per second the video front end samples; the paper's is 1
 HASH_CHUNK_BYTES = 1 << 20
@@ -72,6 +83,26 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class HopSpec:
+    """A raw branch's second input: the window hop, an int64 scalar counted in steps of `unit_seconds`
+    (0.96 s log-mel patches for audio, 1 / fps frames for video)."""
+
+    name: str
+    unit_seconds: float
+    dtype: str = "int64"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": [], "dtype": self.dtype, "unit_seconds": self.unit_seconds}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str) -> "HopSpec":
+        _require(data, ("name", "dtype", "unit_seconds"), where)
+        if data.get("shape", []) != []:
+            raise ModelError(f"{where}: the hop is a scalar (shape []), got shape {data.get('shape')!r}")
+        return cls(name=str(data["name"]), unit_seconds=float(data["unit_seconds"]), dtype=str(data["dtype"]))
+
+
+@dataclass(frozen=True)
 class BranchManifest:
     """One branch (audio or video): its ONNX file and everything needed to feed it."""
 
@@ -86,9 +117,10 @@ class BranchManifest:
     clip_seconds: float = 15.0
     feature_dim: int | None = None  # "head" kind: D of the (B, T, D) features
     quantization: dict[str, Any] = field(default_factory=lambda: {"method": "none"})
+    hop: HopSpec | None = None  # "raw" kind: the hop input
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "file": self.file,
             "sha256": self.sha256,
             "kind": self.kind,
@@ -101,11 +133,15 @@ class BranchManifest:
             "configuration": self.configuration,
             "quantization": self.quantization,
         }
+        if self.hop is not None:  # raw branches only: full/head manifests keep their exact keys
+            data["hop"] = self.hop.to_json()
+        return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], where: str) -> "BranchManifest":
+    def from_json(cls, data: dict[str, Any], where: str, name: str | None = None) -> "BranchManifest":
         _require(data, ("file", "sha256", "kind", "input", "frontend", "embedding_dim", "configuration"), where)
         output = data.get("output")
+        hop = data.get("hop")
         try:
             branch = cls(
                 file=str(data["file"]),
@@ -119,14 +155,16 @@ class BranchManifest:
                 feature_dim=None if data.get("feature_dim") is None else int(data["feature_dim"]),
                 configuration=str(data["configuration"]),
                 quantization=dict(data.get("quantization") or {"method": "none"}),
+                hop=None if hop is None else HopSpec.from_json(hop, f"{where}.hop"),
             )
         except (TypeError, ValueError) as exc:
             raise ModelError(f"{where}: malformed field ({exc})") from None
-        branch.validate(where)
+        branch.validate(where, name)
         return branch
 
-    def validate(self, where: str) -> None:
-        """Raise ModelError when the fields contradict each other."""
+    def validate(self, where: str, name: str | None = None) -> None:
+        """Raise ModelError when the fields contradict each other (`name`, "audio" or "video", adds the
+        checks that depend on the branch: a raw branch's input dtype and rank and its hop unit)."""
         if self.kind not in KINDS:
             raise ModelError(f"{where}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "head" and not self.feature_dim:
@@ -137,15 +175,49 @@ class BranchManifest:
             raise ModelError(f"{where}: embedding_dim must be positive, got {self.embedding_dim}")
         if not (math.isfinite(self.clip_seconds) and 0 < self.clip_seconds <= MAX_CLIP_SECONDS):
             raise ModelError(f"{where}: clip_seconds must be in (0, {MAX_CLIP_SECONDS:g}], got {self.clip_seconds}")
-        if self.kind == "full":
+        if self.kind in FRONTEND_KINDS:
             problem = _frontend_problem(self.frontend)
             if problem:
                 raise ModelError(f"{where}: frontend {problem}")
+        if (self.hop is not None) != (self.kind == "raw"):
+            raise ModelError(f"{where}: a 'raw' branch needs a hop input and only a raw branch has one")
+        if self.kind == "raw":
+            problem = _raw_problem(self, name)
+            if problem:
+                raise ModelError(f"{where}: {problem}")
 
     def embedding_settings(self) -> dict[str, Any]:
         """The fields besides the file that change what this branch embeds (hashed into the fingerprint)."""
         data = self.to_json()
-        return {key: data[key] for key in EMBEDDING_FIELDS}
+        return {key: data[key] for key in EMBEDDING_FIELDS if key in data or key not in OPTIONAL_EMBEDDING_FIELDS}
+
+
+def _raw_problem(branch: BranchManifest, name: str | None) -> str | None:
+    """What contradicts itself in a raw branch: hop not an int64 scalar in steps of the front end's step."""
+    hop = branch.hop
+    if hop.dtype != "int64":
+        return f"hop input must be int64, got {hop.dtype!r}"
+    if not (_is_number(hop.unit_seconds) and hop.unit_seconds > 0):
+        return f"hop unit_seconds must be a positive number, got {hop.unit_seconds!r}"
+    if name is None:
+        return None
+    dtype, rank = RAW_INPUTS[name]
+    if branch.input.dtype != dtype or len(branch.input.shape) != rank:
+        return (f"a raw {name} branch takes {dtype} of rank {rank}, manifest says {branch.input.dtype} "
+                f"{list(branch.input.shape)}")
+    step = raw_step_seconds(name, branch.frontend)
+    if step is None or not math.isclose(hop.unit_seconds, step, rel_tol=1e-9):
+        return f"hop unit_seconds {hop.unit_seconds} is not the front end's step ({step} s)"
+    return None
+
+
+def raw_step_seconds(name: str, frontend: dict[str, Any]) -> float | None:
+    """Seconds per step of a front end: one frame (1 / fps) for video, one log-mel patch for audio."""
+    if name == "video":
+        fps = frontend.get("fps")
+        return 1.0 / fps if _is_number(fps) and fps > 0 else None
+    seconds = frontend.get("patch_seconds")
+    return float(seconds) if _is_number(seconds) else None
 
 
 def _frontend_problem(frontend: dict[str, Any]) -> str | None:
@@ -233,8 +305,8 @@ class ModelManifest:
                 f"(supports {list(SUPPORTED_VERSIONS)}); upgrade tivm or re-export the model")
         _require(data, ("audio", "video", "data_fingerprint", "tivm_version", "model_fingerprint"), where)
         manifest = cls(
-            audio=BranchManifest.from_json(data["audio"], f"{where}: audio"),
-            video=BranchManifest.from_json(data["video"], f"{where}: video"),
+            audio=BranchManifest.from_json(data["audio"], f"{where}: audio", "audio"),
+            video=BranchManifest.from_json(data["video"], f"{where}: video", "video"),
             data_fingerprint=str(data["data_fingerprint"]),
             tivm_version=str(data["tivm_version"]),
             created=str(data.get("created", "")),
@@ -309,7 +381,7 @@ def write_manifest(model_dir: str | os.PathLike, manifest: ModelManifest) -> Mod
     created = manifest.created or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     manifest = dataclasses.replace(manifest, created=created, **branches)
     for name in BRANCHES:
-        manifest.branch(name).validate(f"{model_dir / MANIFEST_NAME}: {name}")
+        manifest.branch(name).validate(f"{model_dir / MANIFEST_NAME}: {name}", name)
     text = json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n"
     write_text(model_dir / MANIFEST_NAME, text)
     return manifest

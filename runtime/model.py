@@ -9,6 +9,13 @@ sees the window length it was trained on, whatever its exported time axis.
 
 Steps stream into windows (`WindowStream`): a batch of windows runs as soon as it is complete, and only the
 last window's steps are kept, so embedding a long video costs the same memory as a short one.
+
+"raw" branches (front end + backbone + head in one graph) take 16 kHz PCM or uint8 RGB frames and are run
+ONE WINDOW PER RUN: exactly the samples of one window's 15 patches, or that window's 15 frames, with the
+hop input set to the window length, so the graph makes exactly one window. The int8 head quantizes its
+activations per run, so batching windows together would move each embedding by up to 2e-3 with its
+neighbours; one window per run gives every platform (this runtime, a phone, a browser) the same result.
+The windows themselves (starts, the flush-end window, loop-padding) are the ones full branches get.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from tivm.runtime.errors import MediaError, ModelError
-from tivm.runtime.manifest import BranchManifest, ModelManifest, file_sha256, read_manifest
+from tivm.runtime.manifest import FRONTEND_KINDS, BranchManifest, ModelManifest, file_sha256, read_manifest
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 DEFAULT_BATCH_WINDOWS = 8  # windows per session.run(): bounds memory for video (15 x 3 x 224 x 224 each)
+RAW_BATCH_WINDOWS = 1  # raw branches: one window per run (see the module docstring)
+ORT_TYPES = {"float32": "tensor(float)", "uint8": "tensor(uint8)", "int64": "tensor(int64)"}
 AUDIO_STEP_SECONDS = 0.96  # one VGGish log-mel patch: 96 frames of 10 ms, patches do not overlap
 EPS = 1e-12
 
@@ -65,10 +74,11 @@ def loop_pad(steps: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([steps] * reps, axis=0)[:length]
 
 
-def _window_steps(name: str, spec: BranchManifest) -> int:
+def window_steps_for(name: str, spec: BranchManifest) -> int:
     """Steps per window: the graph's fixed time axis, else clip_seconds x fps frames, or one 0.96 s patch per
-    second of clip for audio (15 patches, as the paper's (15, 128) sequences)."""
-    time_axis = spec.input.shape[1] if len(spec.input.shape) > 1 else None
+    second of clip for audio (15 patches, as the paper's (15, 128) sequences). A raw graph's input has no
+    time axis of windows (its front end makes them), so it takes the clip_seconds rule, as its exporter did."""
+    time_axis = spec.input.shape[1] if len(spec.input.shape) > 1 and spec.kind != "raw" else None
     if isinstance(time_axis, int) and time_axis > 0:
         return time_axis
     per_second = float(spec.frontend.get("fps", 1.0)) if name == "video" else 1.0
@@ -109,14 +119,20 @@ class Branch:
         self.name = name
         self.path = Path(path)
         self.spec = spec
-        self.batch_windows = batch_windows
+        self.batch_windows = RAW_BATCH_WINDOWS if spec.kind == "raw" else batch_windows
         self.session = _open_session(self.path, intra_op_threads, resolve_providers(providers))
         self.input_name, self.output_name = _check_io(self.path, self.session, spec)
-        self.window_steps = _window_steps(name, spec)
+        self.hop_name = spec.hop.name if spec.hop is not None else None
+        self.window_steps = window_steps_for(name, spec)
 
     @property
     def kind(self) -> str:
         return self.spec.kind
+
+    @property
+    def step_dtype(self) -> type:
+        """What one step is made of: uint8 frames for a raw video branch, float32 otherwise."""
+        return np.uint8 if self.kind == "raw" and self.name == "video" else np.float32
 
     @property
     def step_seconds(self) -> float:
@@ -124,18 +140,36 @@ class Branch:
         frontend = self.spec.frontend
         if self.name == "video":
             return 1.0 / float(frontend.get("fps", 1.0))
-        if self.kind == "full" and {"patch_hop_frames", "hop_samples", "sample_rate"} <= set(frontend):
+        if self.kind in FRONTEND_KINDS and {"patch_hop_frames", "hop_samples", "sample_rate"} <= set(frontend):
             return frontend["patch_hop_frames"] * frontend["hop_samples"] / frontend["sample_rate"]
         return float(frontend.get("step_seconds", AUDIO_STEP_SECONDS if self.kind == "full" else 1.0))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """(B, T, ...) model input -> (B, D) L2-normalised embeddings."""
+        """(B, T, ...) model input -> (B, D) L2-normalised embeddings (raw branches: B windows of frames,
+        each run on its own)."""
+        if self.kind == "raw":
+            return np.concatenate([self.run_window(window) for window in batch])
         out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
         return l2_normalize(out.reshape(out.shape[0], -1))
+
+    def run_window(self, window_input: np.ndarray) -> np.ndarray:
+        """Raw branches: one window's PCM samples or frames -> (1, D), the hop input set to the window length
+        so the graph's front end makes exactly one window of them."""
+        feeds = {self.input_name: np.ascontiguousarray(window_input, self.step_dtype),
+                 self.hop_name: np.array(self.window_steps, np.int64)}
+        out = self.session.run([self.output_name], feeds)[0]
+        if out.shape[0] != 1:
+            raise ModelError(f"{self.path}: one window's input gave {out.shape[0]} embeddings instead of one")
+        return l2_normalize(out.reshape(1, -1))
 
     def embed_steps(self, steps: np.ndarray, hop_seconds: float | None = None,
                     duration: float | None = None) -> WindowEmbeddings:
         """A (T, ...) sequence of steps -> one embedding per window (hop default: one window length)."""
+        if self.kind == "raw":
+            raise ModelError(
+                f"{self.path}: the {self.name} branch is 'raw' (its graph computes the front end from "
+                f"{'16 kHz PCM' if self.name == 'audio' else 'uint8 RGB frames'}): it takes no per-step features; "
+                f"use embed_{self.name}() with a file or {'a waveform' if self.name == 'audio' else 'frames'}")
         steps = np.asarray(steps, dtype=np.float32)
         if steps.ndim < 2 or len(steps) == 0:
             raise ValueError(f"{self.name} branch: expected a (T, ...) sequence with T >= 1, got shape {steps.shape}")
@@ -144,31 +178,40 @@ class Branch:
             stream.push(step)
         return stream.finish(duration)
 
+    def hop_steps(self, hop_seconds: float | None = None) -> int:
+        """Window hop in steps: one window length by default, else hop_seconds rounded to whole steps."""
+        return self.window_steps if hop_seconds is None else max(1, int(round(hop_seconds / self.step_seconds)))
+
     def window_stream(self, hop_seconds: float | None = None) -> WindowStream:
         """A WindowStream for this branch: push steps as they are computed, then finish()."""
-        hop_steps = self.window_steps if hop_seconds is None else max(1, int(round(hop_seconds / self.step_seconds)))
-        return WindowStream(self, hop_steps)
+        return WindowStream(self, self.hop_steps(hop_seconds), dtype=self.step_dtype)
 
     def _check_step_shape(self, step_shape: tuple[int, ...]) -> None:
-        expected = tuple(self.spec.input.shape[2:])
+        # full/head input (batch, time, *step); raw video input (time, *frame)
+        expected = tuple(self.spec.input.shape[1:] if self.kind == "raw" else self.spec.input.shape[2:])
         if len(step_shape) != len(expected) or any(
                 isinstance(e, int) and e != s for e, s in zip(expected, step_shape)):
             raise ValueError(f"{self.name} branch ({self.path.name}): each step must have shape "
                              f"{expected}, got {step_shape}")
 
-    def require_full(self, what: str) -> None:
-        if self.kind != "full":
+    def require_media(self, what: str) -> None:
+        """Only full and raw branches embed media; a head takes backbone features."""
+        if self.kind not in FRONTEND_KINDS:
             raise ModelError(
                 f"{self.path}: the {self.name} branch is a 'head' over per-second {self.spec.feature_dim}-d "
                 f"features and cannot embed {what}; pass features to embed_{self.name}_features()")
 
 
 class AudioBranch(Branch):
-    """Audio: a waveform or file -> log-mel patches (0.96 s each) -> window embeddings."""
+    """Audio: a waveform or file -> log-mel patches (0.96 s each) -> window embeddings.
+
+    A raw branch is fed the 16 kHz PCM itself, one window per run: the samples under that window's 15
+    patches (audio.patch_samples), so each window sees exactly the patches a full branch's window holds.
+    """
 
     def embed(self, source: str | os.PathLike | np.ndarray, sample_rate: int = 16000,
               hop_seconds: float | None = None) -> WindowEmbeddings:
-        self.require_full("audio")
+        self.require_media("audio")
         from tivm.runtime import audio
 
         path = None
@@ -176,31 +219,57 @@ class AudioBranch(Branch):
             path, waveform, sample_rate = source, audio.load_audio(source), audio.SAMPLE_RATE
         else:
             waveform = audio.as_float_waveform(source)
+        duration = len(waveform) / sample_rate
+        if self.kind == "raw":
+            pcm = audio.patch_pcm(waveform, sample_rate=sample_rate, source=path)
+            return self._embed_pcm(pcm, hop_seconds, duration)
         patches = audio.log_mel_patches(waveform, sample_rate=sample_rate, source=path)
-        return self.embed_steps(patches, hop_seconds, duration=len(waveform) / sample_rate)
+        return self.embed_steps(patches, hop_seconds, duration=duration)
+
+    def _embed_pcm(self, pcm: np.ndarray, hop_seconds: float | None, duration: float) -> WindowEmbeddings:
+        """16 kHz PCM (at least one patch long) -> the windows WindowStream makes of its patches."""
+        from tivm.runtime import audio
+
+        n_patches = audio.num_patches(len(pcm))
+        starts = window_starts(n_patches, self.window_steps, self.hop_steps(hop_seconds))
+        span = audio.patch_samples(min(self.window_steps, n_patches))  # short input: its patches, tiled in-graph
+        vectors = [self.run_window(pcm[offset:offset + span]) for offset in starts * audio.PATCH_HOP_SAMPLES]
+        return WindowEmbeddings(np.concatenate(vectors), (starts * self.step_seconds).astype(np.float32), duration)
 
 
 class VideoBranch(Branch):
     """Video: a file or RGB frames (one per second) -> preprocessed frames -> window embeddings.
 
     Frames are preprocessed one at a time and streamed into windows (WindowStream), so memory holds one
-    window of 224 x 224 crops and one batch of windows, never the decoded or preprocessed video.
+    window of 224 x 224 crops and one batch of windows, never the decoded or preprocessed video. A raw branch
+    streams the uint8 frames themselves and runs each window on its own: memory holds two windows of
+    decoded frames (the ring and the window being run: 15 x H x W x 3 bytes each, 41 MB at 720p).
     """
 
     def embed(self, source: str | os.PathLike | np.ndarray, hop_seconds: float | None = None) -> WindowEmbeddings:
-        self.require_full("video")
+        self.require_media("video")
         stream = self.window_stream(hop_seconds)
+        step = (lambda frame: frame) if self.kind == "raw" else (lambda frame: self._preprocess(frame[None])[0])
         if isinstance(source, (str, os.PathLike)):
             from tivm.runtime import video
 
             fps = float(self.spec.frontend.get("fps", 1.0))
-            for _, frame in video.iter_frames(source, fps=fps):
-                stream.push(self._preprocess(frame[None])[0])
+            for second, frame in video.iter_frames(source, fps=fps):
+                if self.kind == "raw" and stream.count and frame.shape != stream.step_shape:
+                    raise MediaError(source, f"the frame size changes from {_size(stream.step_shape)} to "
+                                             f"{_size(frame.shape)} at {second:g} s; a raw model needs one frame "
+                                             "size per window")
+                stream.push(step(frame))
             if stream.count == 0:
                 raise MediaError(source, "no video frames could be decoded")
         else:
-            for frame in _checked_frames(source):
-                stream.push(self._preprocess(frame[None])[0])
+            frames = _checked_frames(source)
+            if self.kind == "raw":
+                from tivm.runtime import image
+
+                image.check_frames(frames)  # the dtype and size checks preprocess_frames makes for full branches
+            for frame in frames:
+                stream.push(step(frame))
         return stream.finish()
 
     def _preprocess(self, frames: np.ndarray) -> np.ndarray:
@@ -219,8 +288,9 @@ class WindowStream:
     recent steps is all the history needed.
     """
 
-    def __init__(self, branch: Branch, hop_steps: int):
+    def __init__(self, branch: Branch, hop_steps: int, dtype: type = np.float32):
         self.branch = branch
+        self.dtype = dtype  # of the steps kept: float32 model inputs, or a raw video branch's uint8 frames
         self.window = branch.window_steps
         self.hop = int(hop_steps)
         self.count = 0  # steps pushed so far
@@ -229,11 +299,16 @@ class WindowStream:
         self._pending = 0
         self._vectors: list[np.ndarray] = []
 
+    @property
+    def step_shape(self) -> tuple[int, ...] | None:
+        """Shape of the steps pushed so far (None before the first)."""
+        return None if self._recent is None else self._recent.shape[1:]
+
     def push(self, step: np.ndarray) -> None:
-        step = np.asarray(step, dtype=np.float32)
+        step = np.asarray(step, dtype=self.dtype)
         if self._recent is None:
             self.branch._check_step_shape(step.shape)
-            self._recent = np.empty((self.window, *step.shape), dtype=np.float32)
+            self._recent = np.empty((self.window, *step.shape), dtype=self.dtype)
         elif step.shape != self._recent.shape[1:]:
             raise ValueError(f"{self.branch.name} branch: step {self.count} has shape {step.shape}, "
                              f"the earlier ones {self._recent.shape[1:]}")
@@ -267,7 +342,7 @@ class WindowStream:
         """The batch row the next window goes into."""
         if self._batch is None:
             # untouched rows of np.empty are never paged in: a one-window input costs one window
-            self._batch = np.empty((self.branch.batch_windows, *self._recent.shape), dtype=np.float32)
+            self._batch = np.empty((self.branch.batch_windows, *self._recent.shape), dtype=self.dtype)
         return self._batch[self._pending]
 
     def _added(self) -> None:
@@ -285,6 +360,10 @@ class WindowStream:
     def _run(self) -> None:
         self._vectors.append(self.branch.run(self._batch[:self._pending]))
         self._pending = 0
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return f"{shape[1]}x{shape[0]}"
 
 
 def _checked_frames(frames) -> np.ndarray:
@@ -345,11 +424,13 @@ class Model:
         return self.video.embed(source, hop_seconds=hop_seconds)
 
     def embed_audio_features(self, features: np.ndarray, hop_seconds: float | None = None) -> WindowEmbeddings:
-        """Per-second inputs of the audio graph ((T, D) features for a head, (T, 96, 64) patches for full)."""
+        """Per-second inputs of the audio graph ((T, D) features for a head, (T, 96, 64) patches for full;
+        a raw branch takes none: ModelError)."""
         return self.audio.embed_steps(features, hop_seconds)
 
     def embed_video_features(self, features: np.ndarray, hop_seconds: float | None = None) -> WindowEmbeddings:
-        """Per-second inputs of the video graph ((T, D) features for a head, (T, 3, 224, 224) for full)."""
+        """Per-second inputs of the video graph ((T, D) features for a head, (T, 3, 224, 224) for full;
+        a raw branch takes none: ModelError)."""
         return self.video.embed_steps(features, hop_seconds)
 
 
@@ -388,8 +469,9 @@ def _checked_file(model_dir: Path, spec: BranchManifest) -> Path:
 
 
 def _check_frontend(name: str, spec: BranchManifest, model_dir: Path) -> None:
-    """A full branch must have been exported with the front end this runtime computes."""
-    if spec.kind != "full":
+    """A full or raw branch must have been exported with the front end this runtime computes (a raw graph
+    computes it itself, but this runtime decodes, resamples and windows for it with these parameters)."""
+    if spec.kind not in FRONTEND_KINDS:
         return
     from tivm.runtime import manifest as manifest_module
 
@@ -422,9 +504,11 @@ def _open_session(path: Path, intra_op_threads: int | None, providers: list[str]
 
 def _check_io(path: Path, session, spec: BranchManifest) -> tuple[str, str]:
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1:
+    if spec.kind == "raw":
+        _check_raw_inputs(path, inputs, spec)
+    elif len(inputs) != 1:
         raise ModelError(f"{path}: expected one input, the graph has {[i.name for i in inputs]}")
-    graph_input = inputs[0]
+    graph_input = next((i for i in inputs if i.name == spec.input.name), inputs[0])
     if graph_input.name != spec.input.name:
         raise ModelError(f"{path}: input is named {graph_input.name!r}, manifest says {spec.input.name!r}")
     if len(graph_input.shape) != len(spec.input.shape):
@@ -435,3 +519,18 @@ def _check_io(path: Path, session, spec: BranchManifest) -> tuple[str, str]:
         raise ModelError(f"{path}: no output named {output_name!r}")
     return graph_input.name, output_name
 
+
+
+def _check_raw_inputs(path: Path, inputs, spec: BranchManifest) -> None:
+    """A raw graph takes the main input (PCM or frames) and the hop, with the manifest's names and dtypes."""
+    names = sorted(i.name for i in inputs)
+    expected = sorted([spec.input.name, spec.hop.name])
+    if names != expected:
+        raise ModelError(f"{path}: inputs are {names}, the manifest says {expected}")
+    by_name = {i.name: i for i in inputs}
+    for tensor, dtype, rank in ((spec.input.name, spec.input.dtype, len(spec.input.shape)),
+                                (spec.hop.name, spec.hop.dtype, 0)):
+        graph_input = by_name[tensor]
+        if graph_input.type != ORT_TYPES.get(dtype) or len(graph_input.shape) != rank:
+            raise ModelError(f"{path}: input {tensor!r} is {graph_input.type} of rank {len(graph_input.shape)}, "
+                             f"the manifest says {dtype} of rank {rank}")
