@@ -1,8 +1,9 @@
 """`tivm-export RUN_DIR_OR_CHECKPOINT -o MODEL_DIR`: a trained model as quantized ONNX branches + manifest.
 
-Exit status: 0 exported and validated; 1 validation below --min-cosine or an export that does not match
-PyTorch (nothing written); 2 bad input
+Exit status: 0 exported and validated; 1 validation below --min-cosine, an export that does not match
+PyTorch, or (raw branches) mobile files that do not match the ONNX files (nothing written); 2 bad input
 (missing checkpoint, weights or media, a backbone that does not fit the head).
+Golden vectors of a raw export: `python -m tivm.export.golden MODEL_DIR` checks them.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def export(
         "portable", "--int8-target", help="portable (onnxruntime's own int8 conv kernels: any CPU, ARM included) | "
         "amx (deep convolutions through onnxruntime's int8 GEMM, which uses Intel AMX: Xeon 4th gen and later; "
         "same arithmetic)"),
-    branch_kind: str = typer.Option("auto", "--branch-kind",
-                                    help="full (backbone + head) | head (features in) | auto (from the training data)"),
+    branch_kind: str = typer.Option(
+        "auto", "--branch-kind", help="full (backbone + head: log-mel patches / preprocessed frames in) | raw (front "
+        "end + backbone + head: 16 kHz PCM / uint8 frames in, with golden/ vectors and mobile/ .ort files) | head "
+        "(features in) | auto (full or head, from the training data)"),
     audio_backbone: Optional[str] = typer.Option(None, "--audio-backbone", help="vggish (full branches)"),
     video_backbone: Optional[str] = typer.Option(
         None, "--video-backbone", help="resnet50 | resnet50-v2 | efficientnet-lite0; default: the training data's, "
@@ -59,6 +62,7 @@ def export(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
 ) -> None:
     """Export a trained checkpoint as audio.onnx + video.onnx + manifest.json, validated against PyTorch."""
+    from tivm.export.mobile import MobileError
     from tivm.export.onnx_export import ExportError
     from tivm.export.pipeline import ExportFailed, ExportOptions, export_model
     from tivm.export.validate import ValidationError
@@ -84,7 +88,7 @@ def export(
         _write_json(json_report, failure.report)
         typer.echo(f"error: {failure}", err=True)
         raise typer.Exit(EXIT_VALIDATION) from None
-    except (ExportError, ValidationError) as error:
+    except (ExportError, ValidationError, MobileError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(EXIT_VALIDATION) from None
     except (TivmError, ValueError, OSError) as error:
@@ -110,10 +114,20 @@ def _print_summary(report: dict) -> None:
                f"in {report['seconds']:.1f} s")
     for name, branch in report["branches"].items():
         cosine = branch["validation"]
-        typer.echo(f"  {name}: {branch['kind']} ({branch['backbone'] or 'features'}), "
+        kind = "raw" if report.get("raw") else branch["kind"]
+        typer.echo(f"  {name}: {kind} ({branch['backbone'] or 'features'}), "
                    f"{branch['bytes'] / 1e6:.1f} MB (float32 {branch['fp32_bytes'] / 1e6:.1f} MB), "
                    f"cosine min {cosine['min']:.4f} / median {cosine['median']:.4f} over {cosine['count']} "
                    f"held-out windows ({branch['inputs']['source']}), exporter {branch['exporter']}")
+    raw = report.get("raw")
+    if raw:
+        from tivm.export.mobile import summary
+
+        typer.echo(f"  raw: front ends merged in front of both branches (float: float64 DFT / resize products, "
+                   f"float32 elsewhere), {raw['branches']['audio']['bytes'] / 1e6:.1f} + "
+                   f"{raw['branches']['video']['bytes'] / 1e6:.1f} MB; golden vectors in golden/ "
+                   f"(check: python -m tivm.export.golden {report['out']})")
+        typer.echo(f"  mobile: {summary(raw['mobile'])}")
 
 
 def main() -> None:

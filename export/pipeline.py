@@ -3,6 +3,8 @@
 Per branch: plan (head or backbone + head) -> float32 ONNX (dynamo) -> time/batch axes checked against
 PyTorch at T = 1, 7, 15, 30 -> int8 / fp16 / float32 file -> held-out validation. Files are written to a
 staging folder and only moved into the model directory, with the manifest last, when every branch passes.
+Raw branches (`branch_kind="raw"`) are full branches made and checked exactly so, then given their front-end
+graphs, golden vectors and mobile files in the staging folder (tivm.export.raw.make_raw_bundle).
 
     report = export_model("runs/tivm", "models/tivm", quantize="int8", calibration="media/")
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -19,10 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from tivm.export import calibration as calib
+from tivm.export import golden as golden_vectors
+from tivm.export import mobile as mobile_package
 from tivm.export import quantize as quant
 from tivm.export import validate
 from tivm.export.branches import BRANCH_NAMES, OUTPUT_NAME, BranchPlan, data_manifest, plan_branches
 from tivm.export.onnx_export import DYNAMO, ExportError, ExportInfo, export_onnx
+from tivm.export.raw import make_raw_bundle
 from tivm.runtime import manifest as M
 from tivm.runtime.errors import ModelError
 from tivm.train import synthetic
@@ -32,6 +38,10 @@ DEFAULT_NUM_CALIBRATION = 8  # 15 s windows: 120 frames / patches
 DEFAULT_NUM_VALIDATION = 4
 DEFAULT_THREADS = 2
 REPORT_FORMAT = "tivm-export-report"
+RAW = "raw"  # branch kind: a full branch with its front-end graph in front (tivm.export.raw)
+# what a raw export adds beside the ONNX files, each recognised by the file that marks it as ours
+RAW_EXTRAS = {golden_vectors.GOLDEN_DIR: golden_vectors.GOLDEN_JSON,
+              mobile_package.MOBILE_DIR: mobile_package.REPORT_JSON}
 
 
 @dataclass
@@ -261,8 +271,9 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     if options.int8_target not in quant.INT8_TARGETS:
         raise ValueError(f"--int8-target must be one of {quant.INT8_TARGETS}, got {options.int8_target!r}")
     started = time.perf_counter()
+    raw = options.branch_kind == RAW
     model, record = load_checkpoint(checkpoint)
-    plans = plan_branches(model, record, options.branch_kind, audio_backbone=options.audio_backbone,
+    plans = plan_branches(model, record, "full" if raw else options.branch_kind, audio_backbone=options.audio_backbone,
                           video_backbone=options.video_backbone, audio_weights=options.audio_weights,
                           video_weights=options.video_weights, vggish_postprocess=options.vggish_postprocess,
                           pca_params=options.pca_params, weights_dir=options.weights_dir,
@@ -281,15 +292,35 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
             raise ExportFailed("validation failed, nothing written: " + "; ".join(failures) +
                                ". Try --quantize fp16 or none, more --num-calibration windows, or a lower "
                                "--min-cosine.", report)
+        manifest = M.ModelManifest(
+            audio=branch_manifest(results["audio"], record), video=branch_manifest(results["video"], record),
+            data_fingerprint=str((record.get("data") or {}).get("fingerprint") or ""),
+            tivm_version=tivm_version())
+        source = staging
+        if raw:  # the checked full files, merged behind their front ends, plus golden/ and mobile/
+            M.write_manifest(staging, manifest)
+            source = staging / RAW
+            report["raw"] = make_raw_bundle(staging, source, threads=options.threads, progress=options.progress)
+            report["raw"]["from"] = "the full branches above, as checked"
+            manifest = M.read_manifest(source)
+        _remove_raw_extras(out_dir)
         for name in BRANCH_NAMES:
-            os.replace(staging / f"{name}.onnx", out_dir / f"{name}.onnx")
-    manifest = M.write_manifest(out_dir, M.ModelManifest(
-        audio=branch_manifest(results["audio"], record), video=branch_manifest(results["video"], record),
-        data_fingerprint=str((record.get("data") or {}).get("fingerprint") or ""),
-        tivm_version=tivm_version()))
+            os.replace(source / f"{name}.onnx", out_dir / f"{name}.onnx")
+        if raw:
+            for extra in RAW_EXTRAS:
+                os.replace(source / extra, out_dir / extra)
+    manifest = M.write_manifest(out_dir, manifest)
     report["manifest"] = manifest.to_json()
     report["passed"] = True
     return report
+
+
+def _remove_raw_extras(out_dir: Path) -> None:
+    """golden/ and mobile/ of an earlier raw export describe files about to be replaced: remove them (only
+    when they are ours, marked by golden.json / mobile.json)."""
+    for folder, marker in RAW_EXTRAS.items():
+        if (out_dir / folder / marker).is_file() and not (out_dir / folder).is_symlink():
+            shutil.rmtree(out_dir / folder)
 
 
 def _check_training_weights(plans: dict[str, BranchPlan], record: dict) -> None:
@@ -308,6 +339,7 @@ def _report(checkpoint, out_dir: Path, record: dict, options: ExportOptions, res
             seconds: float) -> dict:
     return {"format": REPORT_FORMAT, "checkpoint": str(checkpoint), "out": str(out_dir),
             "configuration": record.get("name"), "quantize": options.quantize,
+            "branch_kind": RAW if options.branch_kind == RAW else next(iter(results.values())).plan.kind,
             "int8_target": options.int8_target if options.quantize == "int8" else None,
             "min_cosine": options.min_cosine, "seconds": round(seconds, 2),
             "branches": {name: r.to_json() for name, r in results.items()}}
