@@ -38,3 +38,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def e2e_models(tmp_path_factory):
+    """The small TIVM checkpoint exported by the real exporter (full branches, float32 and int8; see
+    e2e_models.py), built once per session: the end-to-end and raw-bundle tests share it (about a minute)."""
+    from e2e_models import build_models
+
+    return build_models(tmp_path_factory.mktemp("e2e models"), shared_path("media", "clips"))

@@ -77,9 +77,11 @@ def save_responsive_vggish(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def export_full(run_dir: Path, out_dir: Path, vggish_weights: Path, calibration: Path, quantize: str) -> dict:
-    """Both branches as backbone + head, through the same call `tivm-export` makes."""
-    options = ExportOptions(quantize=quantize, branch_kind="full", audio_backbone=AUDIO_BACKBONE,
+def export_full(run_dir: Path, out_dir: Path, vggish_weights: Path, calibration: Path, quantize: str,
+                branch_kind: str = "full") -> dict:
+    """Both branches as backbone + head (or, branch_kind="raw", front end + backbone + head), through the same
+    call `tivm-export` makes."""
+    options = ExportOptions(quantize=quantize, branch_kind=branch_kind, audio_backbone=AUDIO_BACKBONE,
                             video_backbone=VIDEO_BACKBONE, audio_weights=str(vggish_weights),
                             calibration=str(calibration), num_calibration=NUM_CALIBRATION,
                             num_validation=NUM_VALIDATION, threads=EXPORT_THREADS, progress=False,

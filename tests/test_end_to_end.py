@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import shared_path
-from e2e_models import AUDIO_BACKBONE, VIDEO_BACKBONE, ExportedModels, build_models
+from e2e_models import AUDIO_BACKBONE, VIDEO_BACKBONE, ExportedModels
 
 from tivm.runtime.errors import LibraryError, ModelError
 
@@ -102,8 +102,8 @@ def media() -> Path:
 
 
 @pytest.fixture(scope="module")
-def models(media, tmp_path_factory) -> ExportedModels:
-    return build_models(tmp_path_factory.mktemp("e2e models"), media / "clips")
+def models(media, e2e_models) -> ExportedModels:
+    return e2e_models  # conftest: exported once per session (the raw-bundle tests reuse it)
 
 
 @pytest.fixture(scope="module")
