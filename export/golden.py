@@ -243,6 +243,8 @@ def load_input(model_dir: str | Path, case: dict) -> np.ndarray:
         raw = path.read_bytes()
     except OSError as exc:
         raise GoldenMismatch(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if spec.get("dtype") not in DTYPES:
+        raise GoldenMismatch(f"{path}: golden.json gives dtype {spec.get('dtype')!r}, not one of {sorted(DTYPES)}")
     dtype = np.dtype(DTYPES[spec["dtype"]])
     shape = tuple(int(v) for v in spec["shape"])
     if len(raw) != dtype.itemsize * math.prod(shape):
@@ -260,12 +262,31 @@ def check(model_dir: str | Path, *, threads: int = THREADS, ort_files: bool = Tr
     model_dir = Path(model_dir)
     manifest = _raw_manifest(model_dir)
     golden = read(model_dir)
-    comparisons, problems = [], []
     model = None
     if runtime:
         from tivm.runtime.model import Model
 
         model = Model.load(model_dir, intra_op_threads=threads)
+    try:
+        comparisons = _compare_cases(model_dir, manifest, golden, model, threads, ort_files)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        where = model_dir / GOLDEN_DIR / GOLDEN_JSON
+        raise GoldenMismatch(f"{where}: malformed ({type(exc).__name__}: {exc})") from None
+    problems = [f"{item['branch']} via {item['engine']} ({item['file']}): max |diff| {item['max_abs_diff']:.3g}, "
+                f"min cosine {item['min_cosine']:.6f}" for item in comparisons if not item["ok"]]
+    report = {"passed": not problems, "comparisons": comparisons, "model_dir": str(model_dir)}
+    if problems and raise_on_failure:
+        raise GoldenMismatch(f"{model_dir}: golden vectors differ beyond tolerance: " + "; ".join(problems), report)
+    return report
+
+
+def _compare_cases(model_dir: Path, manifest: M.ModelManifest, golden: dict, model, threads: int,
+                   ort_files: bool) -> list[dict[str, Any]]:
+    comparisons = []
+    covered = sorted(str(case["branch"]) for case in golden["cases"] if case["runs"])
+    if covered != sorted(M.BRANCHES):
+        raise GoldenMismatch(f"{model_dir / GOLDEN_DIR / GOLDEN_JSON}: needs one case with runs per branch "
+                             f"{list(M.BRANCHES)}, has {covered}")
     for case in golden["cases"]:
         name = case["branch"]
         spec = manifest.branch(name)
@@ -289,14 +310,7 @@ def check(model_dir: str | Path, *, threads: int = THREADS, ort_files: bool = Tr
             rows = [i for i, run in enumerate(runs) if run.get("whole_input_window") is not None]
             comparisons.append({"branch": name, "engine": "runtime", "file": "tivm.runtime.Model",
                                 **compare(got, l2_normalize(expected[rows + [len(runs) - 1]]), tolerance)})
-    for item in comparisons:
-        if not item["ok"]:
-            problems.append(f"{item['branch']} via {item['engine']} ({item['file']}): max |diff| "
-                            f"{item['max_abs_diff']:.3g}, min cosine {item['min_cosine']:.6f}")
-    report = {"passed": not problems, "comparisons": comparisons, "model_dir": str(model_dir)}
-    if problems and raise_on_failure:
-        raise GoldenMismatch(f"{model_dir}: golden vectors differ beyond tolerance: " + "; ".join(problems), report)
-    return report
+    return comparisons
 
 
 def _runtime_embeddings(model, name: str, data: np.ndarray, runs: list[dict]) -> np.ndarray:

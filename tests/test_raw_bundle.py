@@ -319,6 +319,8 @@ def test_golden_files_and_check(bundles):
     ("input", "sha256 differs"),
     ("model", "computed with another video.onnx"),
     ("json", "golden.json"),
+    ("no video case", "one case with runs per branch"),
+    ("field", "malformed"),
 ])
 def test_golden_check_fails_on_tampered_files(tamper, expected, bundles, tmp_path):
     copy = tmp_path / "bundle"
@@ -333,6 +335,10 @@ def test_golden_check_fails_on_tampered_files(tamper, expected, bundles, tmp_pat
         (copy / golden.GOLDEN_DIR / golden.AUDIO_FILE).write_bytes(bytes(raw))
     elif tamper == "model":
         data["cases"][1]["model_sha256"] = "0" * 64
+    elif tamper == "no video case":
+        del data["cases"][1]
+    elif tamper == "field":
+        del data["cases"][0]["runs"][0]["slice"]
     path.write_text("{" if tamper == "json" else json.dumps(data))
     with pytest.raises(golden.GoldenMismatch, match=expected):
         golden.check(copy, threads=1)
