@@ -423,8 +423,33 @@ def test_raw_export_writes_the_bundle(exported):
         assert spec.quantization["method"] == full.branch(name).quantization["method"]
         assert spec.quantization["validation"] == full.branch(name).quantization["validation"]
     assert golden.check(out, threads=2)["passed"]
+    assert front_end_ops(out / "audio.onnx") >= {"Scan", "MatMul", "Log"}  # there, and float (below)
     mobile_report = json.loads((out / mobile.MOBILE_DIR / mobile.REPORT_JSON).read_text())
     assert all(r["ok"] for r in mobile_report["ort_matches_onnx"].values())
+
+
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                 "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul"}
+
+
+def front_end_ops(path: Path) -> set[str]:
+    """Op types of the front-end nodes (main graph and Scan/If bodies) of a raw file; fails on a quantized one:
+    the front end is merged after quantization, so the int8 quantizer never touches it."""
+    import onnx
+
+    found = set()
+
+    def visit(graph):
+        for node in graph.node:
+            if node.name.startswith(("frontend_audio/", "frontend_video/")):
+                assert node.op_type not in QUANTIZED_OPS, node.name
+                found.add(node.op_type)
+            for attribute in node.attribute:
+                for sub in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                    visit(sub)
+
+    visit(onnx.load(str(path)).graph)
+    return found
 
 
 def _loaded(path: Path, one_window_per_run: bool = False) -> Model:
