@@ -90,7 +90,7 @@ def measure_branch(plan, options: ExportOptions, work: Path, repeats: int) -> di
         target = work / f"{plan.name}.{mode}.onnx"
         started = time.perf_counter()
         recipe = make_final(plan, fp32, target, inputs, ExportOptions(**{**options.__dict__, "quantize": mode}))
-        quant.strip_metadata(target)
+        quant.tidy_for_shipping(target)
         seconds = time.perf_counter() - started
         session = validate.open_session(target, options.threads)
         cosine = validate.compare_windows(plan.module, target, inputs.validation, session=session)

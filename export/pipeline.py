@@ -208,7 +208,7 @@ def export_branch(plan: BranchPlan, staging: Path, options: ExportOptions, recor
     clock = time.perf_counter()
     final = staging / f"{plan.name}.onnx"
     recipe = make_final(plan, fp32, final, inputs, options)
-    quant.strip_metadata(final)
+    quant.tidy_for_shipping(final)
     recipe.update(info.to_json())
     seconds["quantize"] = time.perf_counter() - clock
 

@@ -315,10 +315,20 @@ def copy_fp32(fp32_path: Path, target: Path) -> dict:
     return {"method": "none"}
 
 
-def strip_metadata(path: Path) -> None:
-    """Drop the exporter's per-node metadata (module scopes, source stack traces with local paths): the
-    quantizer needed it, the shipped file does not."""
+def tidy_for_shipping(path: Path) -> None:
+    """Drop the exporter's per-node metadata (module scopes, source stack traces with local paths: the
+    quantizer needed it, the shipped file does not) and spell out the Transpose permutations the quantizer
+    leaves implicit: onnxruntime-node 1.30 aborts on a Transpose without `perm`, and onnxruntime's mobile
+    usability checker raises on one."""
     model = onnx.load(str(path))
+    ranks = {i.name: len(i.dims) for i in model.graph.initializer}
     for node in model.graph.node:
         del node.metadata_props[:]
+        if node.op_type == "DequantizeLinear" and node.input[0] in ranks:
+            ranks[node.output[0]] = ranks[node.input[0]]
+    for node in model.graph.node:
+        if node.op_type == "Transpose" and not any(a.name == "perm" for a in node.attribute):
+            rank = ranks.get(node.input[0])
+            if rank is not None:  # the default: reverse the axes
+                node.attribute.append(onnx.helper.make_attribute("perm", list(range(rank))[::-1]))
     onnx.save(model, str(path))

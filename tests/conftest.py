@@ -47,3 +47,12 @@ def e2e_models(tmp_path_factory):
     from e2e_models import build_models
 
     return build_models(tmp_path_factory.mktemp("e2e models"), shared_path("media", "clips"))
+
+
+@pytest.fixture(scope="session")
+def edge_world(e2e_models, tmp_path_factory):
+    """A real int8 raw bundle, its song library (npz and flat) and a clip's frames: for the tests that run
+    the bundle outside Python (Node, aarch64 under qemu). See edge_fixtures.py."""
+    from edge_fixtures import build_edge_world
+
+    return build_edge_world(tmp_path_factory.mktemp("edge"), e2e_models, shared_path("media"))

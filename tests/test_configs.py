@@ -138,9 +138,9 @@ def test_a_bad_name_file_or_json_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.json")
     (tmp_path / "broken.json").write_text("{")
-    with pytest.raises(ConfigError, match="broken.json: not a readable JSON config"):
+    with pytest.raises(ConfigError, match="broken.json: config not readable JSON"):
         load_config(tmp_path / "broken.json")
-    with pytest.raises(ConfigError, match=r"a config must be a JSON object, got list"):
+    with pytest.raises(ConfigError, match=r"config not a JSON object"):
         load_config(_write(tmp_path, [1]))
     with pytest.raises(ConfigError, match='needs a "model" block'):
         load_config(_write(tmp_path, {"name": "x"}))

@@ -105,8 +105,8 @@ def test_fp16_halves_the_file_and_keeps_float32_inputs(tmp_path):
     export_onnx(plan.module, plan.step_shape, fp32, plan.input_name, "embedding")
     recipe = quant.convert_fp16(fp32, fp16)
     assert recipe["converted_tensors"] > 0
-    quant.strip_metadata(fp32)
-    quant.strip_metadata(fp16)
+    quant.tidy_for_shipping(fp32)
+    quant.tidy_for_shipping(fp16)
     assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
     model = onnx.load(str(fp16))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -260,7 +260,7 @@ def test_backbone_and_head_regions_are_found_without_scope_metadata(tmp_path):
     path = tmp_path / "full.onnx"
     export_onnx(module, (2, 3), path, "patches", "embedding")
     with_metadata = quant.split_regions(onnx.load(str(path)), full=True)
-    quant.strip_metadata(path)  # as onnxruntime's optimiser may leave it
+    quant.tidy_for_shipping(path)  # as onnxruntime's optimiser may leave it
     without = quant.split_regions(onnx.load(str(path)), full=True)
     graph = onnx.load(str(path)).graph
     compute = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv")}

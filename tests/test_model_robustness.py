@@ -105,7 +105,7 @@ def test_out_of_range_settings_are_refused(case, model_dir, tmp_path):
 
 @pytest.mark.parametrize("text, expected", [
     ('{"format": "tivm-model", "version": 2, "x": NaN}', "not readable JSON"),
-    ("[1, 2]", "not a tivm model manifest"),
+    ("[1, 2]", "not a JSON object"),
     ("\xff\xfe", "not readable JSON"),
 ])
 def test_manifest_text_that_is_not_a_manifest(text, expected, model_dir, tmp_path):

@@ -81,7 +81,7 @@ def test_broken_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="checkpoint.json"):
         checkpoint.load_checkpoint(tmp_path)
     (tmp_path / "checkpoint.json").write_text("{not json")
-    with pytest.raises(ModelError, match="unreadable JSON"):
+    with pytest.raises(ModelError, match="not readable JSON"):
         checkpoint.load_checkpoint(tmp_path)
 
 
