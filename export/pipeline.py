@@ -26,7 +26,14 @@ from tivm.export import golden as golden_vectors
 from tivm.export import mobile as mobile_package
 from tivm.export import quantize as quant
 from tivm.export import validate
-from tivm.export.branches import BRANCH_NAMES, OUTPUT_NAME, BranchPlan, data_manifest, plan_branches
+from tivm.export.branches import (
+    BRANCH_NAMES,
+    DEFAULT_CLIP_SECONDS,
+    OUTPUT_NAME,
+    BranchPlan,
+    data_manifest,
+    plan_branches,
+)
 from tivm.export.onnx_export import DYNAMO, ExportError, ExportInfo, export_onnx
 from tivm.export.raw import make_raw_bundle
 from tivm.runtime import manifest as M
@@ -47,7 +54,8 @@ RAW_EXTRAS = {golden_vectors.GOLDEN_DIR: golden_vectors.GOLDEN_JSON,
 @dataclass
 class ExportOptions:
     quantize: str = "int8"
-    int8_target: str = "portable"  # or "amx": see tivm.export.quantize
+    int8_target: str = "portable"  # or "amx" (x86 with AMX), "arm" (ARM / mobile): see tivm.export.quantize
+    int8_head: str | None = None  # "dynamic" | "static"; None: the target's (quantize.TARGET_HEADS)
     branch_kind: str = "auto"
     audio_backbone: str | None = None
     video_backbone: str | None = None
@@ -180,12 +188,17 @@ def make_final(plan: BranchPlan, fp32: Path, target: Path, inputs: calib.BranchI
         warnings.simplefilter("ignore")
         recipe = quant.quantize_int8(fp32, target, full=plan.kind == "full", input_name=plan.input_name,
                                      calibration_batches=batches, progress=options.progress,
-                                     int8_target=options.int8_target)
+                                     int8_target=options.int8_target,
+                                     head=int8_head(options) if plan.kind == "full" else "dynamic")
     recipe["calibration"] = ({"source": inputs.source, "description": inputs.description,
                               "windows": len(inputs.calibration),
                               "steps": int(sum(len(w) for w in inputs.calibration))}
                              if plan.kind == "full" else {"source": "none (dynamic quantization)"})
     return recipe
+
+
+def int8_head(options: ExportOptions) -> str:
+    return options.int8_head or quant.TARGET_HEADS[options.int8_target]
 
 
 def export_branch(plan: BranchPlan, staging: Path, options: ExportOptions, record: dict | None = None
@@ -228,7 +241,7 @@ def export_branch(plan: BranchPlan, staging: Path, options: ExportOptions, recor
 
 def branch_manifest(result: BranchResult, record: dict) -> M.BranchManifest:
     plan = result.plan
-    clip_seconds = float(data_manifest(record).get("clip_seconds") or 15.0)
+    clip_seconds = float(data_manifest(record).get("clip_seconds") or DEFAULT_CLIP_SECONDS)
     return M.BranchManifest(
         file=f"{plan.name}.onnx", kind=plan.kind,
         input=M.TensorSpec(plan.input_name, plan.input_shape),
@@ -242,7 +255,8 @@ def branch_manifest(result: BranchResult, record: dict) -> M.BranchManifest:
 
 
 def _backbone_provenance(plan: BranchPlan) -> dict:
-    # the manifest has no field for the backbone: kept beside the recipe (reported to the runtime owner)
+    # the manifest has no field for the backbone (nothing the runtime does depends on its name): provenance,
+    # kept beside the recipe
     if plan.kind != "full":
         return {}
     return {"backbone": {"name": plan.backbone, "weights_file": Path(plan.backbone_weights).name,
@@ -270,6 +284,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         raise ValueError(f"--quantize must be one of {quant.QUANTIZE_CHOICES}, got {options.quantize!r}")
     if options.int8_target not in quant.INT8_TARGETS:
         raise ValueError(f"--int8-target must be one of {quant.INT8_TARGETS}, got {options.int8_target!r}")
+    if options.int8_head not in (None, *quant.HEAD_METHODS):
+        raise ValueError(f"int8_head must be one of {quant.HEAD_METHODS}, got {options.int8_head!r}")
     started = time.perf_counter()
     raw = options.branch_kind == RAW
     model, record = load_checkpoint(checkpoint)
