@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from tivm.runtime.errors import MediaError, ModelError
-from tivm.runtime.manifest import FRONTEND_KINDS, BranchManifest, ModelManifest, file_sha256, read_manifest
+from tivm.runtime.manifest import BRANCHES, FRONTEND_KINDS, BranchManifest, ModelManifest, file_sha256, read_manifest
+from tivm.runtime.prefetch import prefetched
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+PREFETCH_FRAMES = 2  # decoded frames waiting for preprocessing: enough to keep both threads busy
 DEFAULT_BATCH_WINDOWS = 8  # windows per session.run(): bounds memory for video (15 x 3 x 224 x 224 each)
 RAW_BATCH_WINDOWS = 1  # raw branches: one window per run (see the module docstring)
 ORT_TYPES = {"float32": "tensor(float)", "uint8": "tensor(uint8)", "int64": "tensor(int64)"}
@@ -254,7 +257,8 @@ class VideoBranch(Branch):
             from tivm.runtime import video
 
             fps = float(self.spec.frontend.get("fps", 1.0))
-            for second, frame in video.iter_frames(source, fps=fps):
+            # decoding (a thread of its own) overlaps preprocessing and the model on the frames before
+            for second, frame in prefetched(video.iter_frames(source, fps=fps), depth=PREFETCH_FRAMES):
                 if self.kind == "raw" and stream.count and frame.shape != stream.step_shape:
                     raise MediaError(source, f"the frame size changes from {_size(stream.step_shape)} to "
                                              f"{_size(frame.shape)} at {second:g} s; a raw model needs one frame "
@@ -382,30 +386,54 @@ def image_arguments(frontend: dict[str, Any]) -> dict[str, Any]:
         raise ModelError(f"video front end lacks or garbles {exc}: expected image.preprocess_params() keys") from None
 
 
-class Model:
-    """Both branches of one exported model. Immutable after load; safe to share between threads."""
+BRANCH_CLASSES = {"audio": AudioBranch, "video": VideoBranch}
 
-    def __init__(self, model_dir: Path, manifest: ModelManifest, audio: AudioBranch, video: VideoBranch):
+
+class Model:
+    """Both branches of one exported model. Immutable after load (a branch not opened at load opens once,
+    under a lock, on first use); safe to share between threads."""
+
+    def __init__(self, model_dir: Path, manifest: ModelManifest, audio: AudioBranch | None = None,
+                 video: VideoBranch | None = None, branch_options: dict[str, Any] | None = None):
         self.model_dir = model_dir
         self.manifest = manifest
-        self.audio = audio
-        self.video = video
+        self._branches = {"audio": audio, "video": video}
+        self._branch_options = branch_options or {}
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, *, intra_op_threads: int | None = None,
-             providers: Sequence[str] | None = None) -> "Model":
-        """Check the manifest and every file's sha256, then open both sessions (ModelError naming the file)."""
+             providers: Sequence[str] | None = None, branches: Sequence[str] = BRANCHES) -> "Model":
+        """Check the manifest, then each of `branches`' file (sha256) and front end, and open its session
+        (ModelError naming the file). A branch left out opens, with the same checks, when first used:
+        recommending for a clip needs only the video branch, and the audio branch (VGGish) is the slower
+        one to open."""
         model_dir = Path(model_dir).resolve()
         manifest = read_manifest(model_dir)
-        kwargs = dict(intra_op_threads=intra_op_threads, providers=providers)
-        branches = {}
-        for name, branch_cls in (("audio", AudioBranch), ("video", VideoBranch)):
-            spec = manifest.branch(name)
-            path = _checked_file(model_dir, spec)
-            _check_frontend(name, spec, model_dir)
-            branches[name] = branch_cls(name, path, spec, **kwargs)
+        unknown = set(branches) - set(BRANCHES)
+        if unknown:
+            raise ValueError(f"branches must be among {BRANCHES}, got {sorted(unknown)}")
+        options = dict(intra_op_threads=intra_op_threads, providers=providers)
+        opened = {name: _open_branch(model_dir, manifest, name, options) for name in branches}
         _warn_if_laid_out_for_another_cpu(model_dir, manifest)
-        return cls(model_dir, manifest, **branches)
+        return cls(model_dir, manifest, branch_options=options, **opened)
+
+    @property
+    def audio(self) -> AudioBranch:
+        return self._branch("audio")
+
+    @property
+    def video(self) -> VideoBranch:
+        return self._branch("video")
+
+    def _branch(self, name: str):
+        branch = self._branches[name]
+        if branch is None:
+            with self._lock:
+                if self._branches[name] is None:
+                    self._branches[name] = _open_branch(self.model_dir, self.manifest, name, self._branch_options)
+                branch = self._branches[name]
+        return branch
 
     @property
     def fingerprint(self) -> str:
@@ -432,6 +460,13 @@ class Model:
         """Per-second inputs of the video graph ((T, D) features for a head, (T, 3, 224, 224) for full;
         a raw branch takes none: ModelError)."""
         return self.video.embed_steps(features, hop_seconds)
+
+
+def _open_branch(model_dir: Path, manifest: ModelManifest, name: str, options: dict[str, Any]):
+    spec = manifest.branch(name)
+    path = _checked_file(model_dir, spec)
+    _check_frontend(name, spec, model_dir)
+    return BRANCH_CLASSES[name](name, path, spec, **options)
 
 
 def cpu_has_amx() -> bool | None:

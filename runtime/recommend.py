@@ -92,8 +92,9 @@ class Recommender:
         if isinstance(model_dir, Model):
             self.model = model_dir
         else:
-            self.model = Model.load(resolve_model_dir(self.library, model_dir),
-                                    intra_op_threads=intra_op_threads, providers=providers)
+            # the video branch answers recommend(); the audio branch opens if embed_audio() is ever called
+            self.model = Model.load(resolve_model_dir(self.library, model_dir), intra_op_threads=intra_op_threads,
+                                    providers=providers, branches=("video",))
         self.library.check_model(self.model.fingerprint, self.model.model_dir)
         self.search = make_search(self.library.embeddings, self.library.song_offsets, search,
                                   **_index_cache(self.library))

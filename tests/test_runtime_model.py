@@ -286,3 +286,26 @@ def test_cpu_has_amx_reads_this_machine_or_says_it_cannot_tell():
         assert found is None
     else:
         assert found == ("amx_int8" in cpuinfo.read_text())
+
+
+def test_a_branch_left_out_at_load_opens_once_on_first_use(model_dir, tmp_path):
+    copy = _copy_model(model_dir, tmp_path / "m")
+    model = Model.load(copy, branches=("video",))
+    assert model._branches["audio"] is None and model._branches["video"] is not None
+    first = [None] * 4
+
+    def use(i):
+        first[i] = model.audio
+
+    threads = [threading.Thread(target=use, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(branch is first[0] for branch in first)  # one session, whichever thread came first
+    (copy / "audio.onnx").write_bytes(b"corrupt")  # the checks still run when a lazy branch opens
+    lazy = Model.load(copy, branches=("video",))
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        lazy.embed_audio(np.zeros(16000 * 2, np.float32))
+    with pytest.raises(ValueError, match="branches must be among"):
+        Model.load(copy, branches=("text",))
