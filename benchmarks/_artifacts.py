@@ -35,6 +35,8 @@ EXPORT_TIMEOUT_S = 1800
 EXPORT_CODE = ("export/branches.py", "export/calibration.py", "export/onnx_export.py", "export/pipeline.py",
                "export/quantize.py", "runtime/manifest.py", "train/config.py", "train/heads.py",
                "train/backbones.py", "train/vggish.py", "train/resnet.py", "train/efficientnet_lite.py")
+# the modules that turn a full export into a raw ("edge") bundle: merged graphs, golden vectors, mobile files
+RAW_CODE = ("export/raw.py", "export/frontend_graphs.py", "export/golden.py", "export/mobile.py")
 FULL_EXPORT_VALIDATION_WINDOWS = 2  # export-time check only; the benchmark measures parity itself
 # what fixes a trained run's model and data (architecture, checkpoint format, data, splits); optimiser changes
 # alone do not retrain: parity compares the int8 runtime with whatever checkpoint it exports
@@ -216,6 +218,46 @@ def _run_export(checkpoint: Path, out: Path, args: list[str], record_path: Path,
               "seconds": round(seconds, 1),
               "report": json.loads(report.read_text()) if report.exists() else None}
     record_path.write_text(json.dumps(record, indent=1) + "\n")
+    return out, {**record, "reused": False}
+
+
+def raw_bundle(full_dir: Path, threads: int) -> tuple[Path, dict]:
+    """(raw bundle dir, record) of `tivm.export.raw.make_raw_bundle(full_dir, ..., golden=True, mobile=True)`,
+    cached next to the full export it is made from and keyed on that export (its name carries its own key)
+    and on RAW_CODE. A failure is remembered under the same key, as for exports (NotMeasured)."""
+    name = f"{full_dir.name}-raw-{key_of(full_dir.name, code_hash(RAW_CODE))}"
+    out = cache_root() / "models" / name
+    record_path = out.parent / f"{name}.raw.json"
+    if (out / "manifest.json").exists() and record_path.exists():
+        return out, {**json.loads(record_path.read_text()), "reused": True}
+    failure = out.parent / f"{name}.failed.txt"
+    if failure.exists():
+        raise NotMeasured(failure.read_text().strip())
+    from tivm.export.raw import make_raw_bundle
+
+    staging = out.parent / f"{name}.staging"
+    for stale in (staging, out):
+        if stale.exists():
+            shutil.rmtree(stale)
+    say(f"building {name} with make_raw_bundle (golden + mobile; first run only; cached in {out.parent})")
+    started = time.perf_counter()
+    try:
+        report = make_raw_bundle(full_dir, staging, golden=True, mobile=True, threads=threads)
+    except Exception as exc:  # the reason is the figure: remembered until the code or the full export changes
+        reason = f"make_raw_bundle failed: {type(exc).__name__}: {str(exc)[:400]}"
+        failure.write_text(reason + "\n")
+        shutil.rmtree(staging, ignore_errors=True)
+        say(reason)
+        raise NotMeasured(reason) from None
+    staging.rename(out)
+    seconds = time.perf_counter() - started
+    say(f"built {name} in {seconds:.0f} s")
+    mobile = report.get("mobile") or {}
+    record = {"from": full_dir.name, "seconds": round(seconds, 1), "threads": threads,
+              "branch_bytes": {b: r.get("bytes") for b, r in report.get("branches", {}).items()},
+              "mobile_warnings": len(mobile.get("warnings", [])),
+              "ort_matches_onnx": mobile.get("ort_matches_onnx")}
+    record_path.write_text(json.dumps(record, indent=1, default=str) + "\n")
     return out, {**record, "reused": False}
 
 

@@ -49,6 +49,9 @@ class Plan:
     synthetic_configs: tuple[str, ...]
     synthetic_epochs: int
     cold_start_repeats: int
+    raw_branches: tuple[str, ...]  # raw ("edge") bundle section: branches and precisions measured
+    raw_precisions: tuple[str, ...]
+    node_runs: int  # `node js/recommend.mjs` processes per raw video bundle
 
 
 FULL = Plan(mode="full", branches=BRANCHES, precisions=PRECISIONS, e2e_precisions=("fp32", "int8", "int8-amx"),
@@ -62,7 +65,7 @@ FULL = Plan(mode="full", branches=BRANCHES, precisions=PRECISIONS, e2e_precision
                          "singularity_Through_Space_60-90s.ogg", "kevin_macleod_vibe_ace_10-40s.ogg"),
             yt8m_shards="*.tfrecord", yt8m_config="IVM-M", yt8m_epochs=10, synthetic_spec="synthetic:n=3000",
             synthetic_configs=("VM-M", "VM-R", "VM-MS", "IVM-M", "IVM-MS", "LIVM", "TIVM"), synthetic_epochs=4,
-            cold_start_repeats=1)
+            cold_start_repeats=1, raw_branches=BRANCHES, raw_precisions=("fp32", "int8"), node_runs=3)
 QUICK = Plan(mode="quick", branches=(VIDEO_BACKBONES[0], AUDIO_BACKBONE), precisions=("fp32", "int8"),
              e2e_precisions=("int8",), speed_precisions=("fp32", "int8"), cold_start_branches=(VIDEO_BACKBONES[0],),
              cold_start_engines=("fp32", "int8"), cli_cold_start_precisions=("int8",),
@@ -71,7 +74,7 @@ QUICK = Plan(mode="quick", branches=(VIDEO_BACKBONES[0], AUDIO_BACKBONE), precis
              build_songs=("kevin_macleod_vibe_ace_10-40s.ogg",), yt8m_shards="*.tfrecord",
              yt8m_config="IVM-M", yt8m_epochs=1,
              synthetic_spec="synthetic:n=600", synthetic_configs=("TIVM",), synthetic_epochs=1,
-             cold_start_repeats=1)
+             cold_start_repeats=1, raw_branches=(VIDEO_BACKBONES[0],), raw_precisions=("int8",), node_runs=1)
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Context:
     threads: int
     out: Path
     exports: dict = field(default_factory=dict)  # (kind, backbone, precision) -> (dir, record) or NotMeasured
+    raw_bundles: dict = field(default_factory=dict)  # full export dir -> (raw dir, record) or NotMeasured
     notes: list = field(default_factory=list)
 
     def shared(self, relative: str) -> Path:
@@ -117,3 +121,16 @@ class Context:
     def full_export_for(self, backbone: str, precision: str) -> tuple[Path, dict]:
         """The full export holding this backbone's branch (VGGish is in every full export: use ResNet-50's)."""
         return self.export("full", backbone if backbone in VIDEO_BACKBONES else VIDEO_BACKBONES[0], precision)
+
+    def raw_export_for(self, backbone: str, precision: str) -> tuple[Path, dict]:
+        """The raw ("edge") bundle made from full_export_for(backbone, precision), cached (_artifacts.raw_bundle)."""
+        full_dir, _ = self.full_export_for(backbone, precision)
+        if full_dir not in self.raw_bundles:
+            try:
+                self.raw_bundles[full_dir] = A.raw_bundle(full_dir, self.threads)
+            except NotMeasured as exc:
+                self.raw_bundles[full_dir] = exc
+        found = self.raw_bundles[full_dir]
+        if isinstance(found, NotMeasured):
+            raise found
+        return found
