@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks._engines import BRANCHES, SPEED_PRECISIONS, engine_name
-from benchmarks._report import ENGINES
+from benchmarks._report import ENGINES, raw_rows
 from benchmarks._stats import is_measured
 from benchmarks._targets import parity_cases
 
@@ -148,9 +148,38 @@ def cosine_distribution(results: dict, path: Path) -> Path | None:
     return _save(plt, fig, path)
 
 
+def raw_bundle(results: dict, path: Path) -> Path | None:
+    """Per branch x precision, from the same raw input: numpy front end + full branch (stacked) vs the raw
+    branch (front end inside the graph), medians of one 15 s window."""
+    raw = results.get("raw_bundle")
+    if not is_measured(raw):
+        return None
+    bars = [(f"{SHORT.get(b, b)} {p}", raw["branches"][b]["frontend"]["numpy"]["median_ms"], row)
+            for b, p, row in raw_rows(raw)
+            if p and is_measured(row) and is_measured(row.get("full")) and is_measured(row.get("raw"))]
+    if not bars:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(bars)), 4))
+    x = list(range(len(bars)))
+    numpy_ms = [numpy for _, numpy, _ in bars]
+    full_ms = [row["full"]["median_ms"] for _, _, row in bars]
+    width = 0.38
+    ax.bar([i - width / 2 for i in x], numpy_ms, width, label="numpy front end", color="tab:orange")
+    ax.bar([i - width / 2 for i in x], full_ms, width, bottom=numpy_ms, label="full branch (steps)", color="tab:blue")
+    ax.bar([i + width / 2 for i in x], [row["raw"]["median_ms"] for _, _, row in bars], width,
+           label="raw branch (front end in graph)", color="tab:green")
+    ax.set_xticks(x, [label for label, _, _ in bars], fontsize=8)
+    ax.set_ylabel("ms per 15 s window (median)")
+    ax.set_title(f"Full vs raw bundle from the same raw input ({raw['threads']} threads)")
+    ax.legend(fontsize=7)
+    return _save(plt, fig, path)
+
+
 def draw_all(results: dict, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     made = [latency_stages(results, folder / "latency_stages.png"), clip_length(results, folder / "clip_length.png"),
             library_size(results, folder / "library_size.png"), recall_parity(results, folder / "recall_parity.png"),
-            cosine_distribution(results, folder / "cosine_distribution.png")]
+            cosine_distribution(results, folder / "cosine_distribution.png"),
+            raw_bundle(results, folder / "raw_bundle.png")]
     return [p for p in made if p is not None]

@@ -225,6 +225,112 @@ def size_section(results: dict) -> list[str]:
     return lines
 
 
+def _mb_fine(entry) -> str:
+    """MB with two decimals under 10 MB (the video files are a few MB; the front end adds tenths)."""
+    if not is_measured(entry) or "bytes" not in entry:
+        return reason(entry) if isinstance(entry, dict) else "—"
+    value = entry["bytes"] / MB
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def raw_rows(raw: dict):
+    """(backbone, precision, entry) of the raw-bundle section, in run order; a branch or precision that was
+    not measured comes with precision None or its not-measured entry."""
+    for backbone, branch in raw.get("branches", {}).items():
+        if not is_measured(branch):
+            yield backbone, None, branch
+            continue
+        for precision, row in branch.get("precisions", {}).items():
+            yield backbone, precision, row
+
+
+def raw_bundle_section(results: dict) -> list[str]:
+    """The raw-input ("edge") bundle: front end in numpy vs in the graph, full vs raw model per window, file
+    sizes, the Node client and raw-vs-full agreement."""
+    raw = results.get("raw_bundle")
+    title = 'Raw-input ("edge") bundle'
+    if not is_measured(raw):
+        return section_missing(title, raw)
+    frames = raw.get("frames") or []
+    shape = " × ".join(str(d) for d in frames) if frames else "?"
+    pcm = f"{raw['pcm_samples']:,}" if raw.get("pcm_samples") else "no"
+    lines = [f"## {title}", "",
+             "`tivm.export.raw.make_raw_bundle` of the full export (front-end graph merged in front of the full "
+             "branch, golden vectors, `mobile/*.ort`; built once and cached). Inputs: the 15 s clip's frames at "
+             f"native size ({shape}, uint8) and {pcm} samples of its 16 kHz soundtrack. {raw['threads']} "
+             f"onnxruntime threads; {raw['warmup']} warm-up + {raw['runs']} measured runs; all calls of a branch "
+             f"are timed interleaved, each after a {raw['settle_ms']:.0f} ms pause; ms, median (p90); † derived "
+             "from medians.", ""]
+    rows = []
+    for backbone, branch in raw.get("branches", {}).items():
+        if not is_measured(branch):
+            rows.append([backbone, reason(branch), "", "", "", ""])
+            continue
+        fe = branch["frontend"]
+        numpy_t, graph_t = fe.get("numpy"), fe.get("graph")
+        ratio = (f"{graph_t['median_ms'] / numpy_t['median_ms']:.2f}×"
+                 if is_measured(graph_t) and is_measured(numpy_t) and numpy_t.get("median_ms") else "—")
+        diff = fe.get("graph_vs_numpy", {}).get("max_abs_diff")
+        what = ("PCM " if branch["modality"] == "audio" else "frames ") + " × ".join(map(str, branch["input"]))
+        rows.append([backbone, what, ms(numpy_t), ms(graph_t), ratio, f"{diff:.1e}" if diff is not None else "—"])
+    lines += ["### Front end per 15 s clip", "",
+              "numpy = the Python runtime's front end (`log_mel_patches`, `preprocess_frames` with the backbone's "
+              "preprocessing); graph = `frontend_graphs.build_*_frontend(windowed=False)` alone in onnxruntime, "
+              "same input, same output (the steps a full branch takes).", ""]
+    lines += table(["branch", "input", "numpy", "ONNX graph", "graph / numpy", "graph vs numpy max \\|Δ\\|"], rows)
+    model_rows, file_rows, node_rows = [], [], []
+    for backbone, precision, row in raw_rows(raw):
+        label = [backbone, precision or ""]
+        if not is_measured(row):
+            model_rows.append(label + [reason(row)] + [""] * 5)
+            file_rows.append(label + [reason(row)] + [""] * 3)
+            continue
+        a = row.get("agreement", {})
+        model_rows.append(label + [ms(row.get("full")), ms(row.get("raw")), ms(row.get("frontend_in_graph")),
+                                   ms(row.get("numpy_frontend_plus_full")),
+                                   f"{a['cosine_min']:.6f}" if "cosine_min" in a else "—",
+                                   f"{a['max_abs_diff']:.1e}" if "max_abs_diff" in a else "—"])
+        sz = row.get("sizes", {})
+        build = row.get("build") or {}
+        built = "cached" if build.get("reused") else (f"{build['seconds']}" if build.get("seconds") is not None
+                                                       else "—")
+        full_b, raw_b = sz.get("full_onnx", {}).get("bytes"), sz.get("raw_onnx", {}).get("bytes")
+        added = f" (+{(raw_b - full_b) / MB:.2f})" if full_b and raw_b else ""
+        file_rows.append(label + [_mb_fine(sz.get("full_onnx")), _mb_fine(sz.get("raw_onnx")) + added,
+                                  _mb_fine(sz.get("mobile_ort")), built])
+        if "node" in row:
+            n = row["node"]
+            if not is_measured(n):
+                node_rows.append(label + [reason(n), "", "", ""])
+            else:
+                node_rows.append(label + [ms(n["wall"]), ms(n["own"]), ms(row.get("raw")),
+                                          f"{n['vs_python_raw']['cosine_min']:.6f}"])
+    lines += ["### Model per 15 s window (one window per run)", "",
+              "full = the full branch on the numpy front end's steps (`Branch.run`); raw = the raw branch on the raw "
+              "input (`Branch.run_window`: the samples of the window's 15 patches, or the 15 uint8 frames), so "
+              "front end in graph = raw − full, and numpy + full is the full bundle's cost from the same raw "
+              "input. Agreement: the clip's raw vs full embedding (one window).", ""]
+    lines += table(["branch", "precision", "full (steps)", "raw (raw input)", "front end in graph",
+                    "numpy front end + full", "raw vs full cosine", "max \\|Δ\\|"], model_rows)
+    lines += ["### Files", "", "MB (10^6 bytes) of the branch file: the full export's .onnx, the raw bundle's .onnx "
+              "(front end + the same full file; in brackets what the front end adds) and its `mobile/*.ort` (ORT "
+              "format, optimised for arm); the raw bundle's build seconds (setup, not a figure), or cached.", ""]
+    lines += table(["branch", "precision", "full .onnx", "raw .onnx", "mobile .ort", "bundle built (s)"], file_rows)
+    if node_rows:
+        lines += ["### Node client (`js/recommend.mjs`, onnxruntime-node)", "",
+                  "`node js/recommend.mjs --model RAW_DIR --frames F --shape T,H,W` on the clip's frames, a fresh "
+                  f"process per run ({raw.get('node_runs')} run(s)): wall = spawn to exit (Node start, module load, "
+                  "session creation, reading the frames file, one window); own = the `ms` the client prints (after "
+                  "its imports: session creation, reading, embedding). The client's sessions use 2 threads "
+                  "(hard-coded in it). Python raw = the warm raw branch above; cosine = the client's embedding vs "
+                  "the Python runtime's.", ""]
+        lines += table(["branch", "precision", "process wall", "client's own ms", "Python raw (warm)",
+                        "cosine vs Python"], node_rows)
+    if any(is_measured(r) and precision for _, precision, r in raw_rows(raw)):
+        lines += ["![raw vs full bundle per window](benchmarks/raw_bundle.png)", ""]
+    return lines
+
+
 def scaling_section(results: dict) -> list[str]:
     lines = ["## Scaling", ""]
     clip = results.get("clip_length")
@@ -370,6 +476,7 @@ def render(results: dict) -> str:
     lines += targets_section(results) + machine_section(results) + latency_section(results)
     lines += ["![latency per stage](benchmarks/latency_stages.png)", ""]
     lines += end_to_end_section(results) + memory_section(results) + size_section(results)
+    lines += raw_bundle_section(results)
     lines += scaling_section(results) + parity_section(results)
     if results.get("errors"):
         lines += ["## Sections that failed", ""] + [f"* {k}: {v}" for k, v in results["errors"].items()] + [""]

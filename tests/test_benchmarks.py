@@ -202,3 +202,52 @@ def test_cosine_distribution_is_plotted_when_percentiles_were_measured(tmp_path)
         results["parity_yt8m"]["cosine_fp32_vs_int8"][branch]["percentiles"] = list(np.linspace(0.999, 1.0, 101))
     path = _plots.cosine_distribution(results, tmp_path / "c.png")
     assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def fake_raw_bundle() -> dict:
+    """A raw_bundle section: ResNet-50 int8 measured (Node too), fp32 failed, VGGish not measured at all."""
+    row = {"bundle": "x-raw-1", "build": {"seconds": 41.5, "reused": False},
+           "sizes": {"full_onnx": {"bytes": 26_100_000}, "raw_onnx": {"bytes": 26_140_000},
+                     "mobile_ort": _stats.not_measured("audio.ort is missing")},
+           "agreement": {"windows": 1, "cosine_min": 1.0, "max_abs_diff": 0.0},
+           "full": fake_timing(120.0), "raw": fake_timing(150.0),
+           "frontend_in_graph": {"median_ms": 30.0, "derived": True},
+           "numpy_frontend_plus_full": {"median_ms": 420.0, "derived": True},
+           "node": {"wall": fake_timing(900.0, runs=3), "own": fake_timing(400.0, runs=3), "runs": 3, "threads": 2,
+                    "windows": 1, "vs_python_raw": {"windows": 1, "cosine_min": 0.9999991, "max_abs_diff": 1e-6}}}
+    resnet = {"modality": "video", "input": [15, 720, 1280, 3], "steps": [15, 3, 224, 224],
+              "frontend": {"numpy": fake_timing(300.0), "graph": fake_timing(60.0),
+                           "graph_vs_numpy": {"max_abs_diff": 0.0}},
+              "precisions": {"int8": row, "fp32": _stats.not_measured("make_raw_bundle failed: MobileError: x")}}
+    return {"clip": "/x/bbb_0-15s.mp4", "threads": 2, "warmup": 1, "runs": 10, "interleaved": True,
+            "settle_ms": 50.0, "node_runs": 3, "frames": [15, 720, 1280, 3], "pcm_samples": 240_000,
+            "branches": {"resnet50": resnet, "vggish": _stats.not_measured("the clip has no soundtrack")}}
+
+
+def test_raw_bundle_section_renders_figures_and_reasons(tmp_path):
+    results = fake_results()
+    results["raw_bundle"] = fake_raw_bundle()
+    text = "\n".join(_report.raw_bundle_section(results))
+    assert text.startswith('## Raw-input ("edge") bundle')
+    assert "| resnet50 | frames 15 × 720 × 1280 × 3 | 300.0 (300.0) | 60.0 (60.0) | 0.20× | 0.0e+00 |" in text
+    assert "| vggish | not measured: the clip has no soundtrack |" in text
+    assert ("| resnet50 | int8 | 120.0 (120.0) | 150.0 (150.0) | 30.0† | 420.0† | 1.000000 | 0.0e+00 |"
+            in text)
+    assert "| resnet50 | fp32 | not measured: make_raw_bundle failed: MobileError: x |" in text
+    assert "| resnet50 | int8 | 26.1 | 26.1 (+0.04) | not measured: audio.ort is missing | 41.5 |" in text
+    assert "| resnet50 | int8 | 900.0 (900.0) | 400.0 (400.0) | 150.0 (150.0) | 0.999999 |" in text
+    assert "benchmarks/raw_bundle.png" in text
+    # Node missing: its reason in the Node table, the rest as before
+    results["raw_bundle"]["branches"]["resnet50"]["precisions"]["int8"]["node"] = _stats.not_measured(
+        "`node` is not on PATH")
+    assert "| resnet50 | int8 | not measured: `node` is not on PATH |" in "\n".join(_report.raw_bundle_section(results))
+    # the section not run, or failed as a whole
+    assert "section not run" in "\n".join(_report.raw_bundle_section(fake_results()))
+    results["raw_bundle"] = _stats.not_measured("no clip")
+    assert "not measured: no clip" in _report.render(results)
+    # rendered into the report, with its plot
+    results["raw_bundle"] = fake_raw_bundle()
+    report = write_outputs(results, tmp_path).read_text()
+    assert "### Model per 15 s window (one window per run)" in report
+    assert (tmp_path / "benchmarks" / "raw_bundle.png").read_bytes()[:4] == b"\x89PNG"
+    assert "max \\|Δ\\|" in report and "max |Δ|" not in report.split("## Raw-input")[1]  # a bare | splits a cell
