@@ -160,7 +160,7 @@ def raw_bundle(results: dict, path: Path) -> Path | None:
     if not bars:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(bars)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(bars)), 4))
     x = list(range(len(bars)))
     numpy_ms = [numpy for _, numpy, _ in bars]
     full_ms = [row["full"]["median_ms"] for _, _, row in bars]
@@ -171,7 +171,7 @@ def raw_bundle(results: dict, path: Path) -> Path | None:
            label="raw branch (front end in graph)", color="tab:green")
     ax.set_xticks(x, [label for label, _, _ in bars], fontsize=8)
     ax.set_ylabel("ms per 15 s window (median)")
-    ax.set_title(f"Full vs raw bundle from the same raw input ({raw['threads']} threads)")
+    ax.set_title(f"Full vs raw bundle from the same raw input ({raw['threads']} threads)", fontsize=10)
     ax.legend(fontsize=7)
     return _save(plt, fig, path)
 
