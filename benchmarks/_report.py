@@ -454,7 +454,7 @@ def parity_section(results: dict) -> list[str]:
                   "every k; lowest per-item cosine over both branches. The synthetic pairing lives only in "
                   "temporal order, so the pooling configurations sit at chance on held-out clips by design; on this "
                   "gallery, which holds the training clips, a pooling model can still memorise training pairs.", ""]
-        lines += table(["config", "N", "R@1", "R@5", "R@10", "R@25", "R@50", "max |Δ| (points)", "min cosine"],
+        lines += table(["config", "N", "R@1", "R@5", "R@10", "R@25", "R@50", "max \\|Δ\\| (points)", "min cosine"],
                        rows)
     else:
         lines += ["### Synthetic sequences", "", reason(synthetic), ""]
