@@ -30,9 +30,10 @@ def export(
     output: Path = typer.Option(..., "--output", "-o", help="model directory to write"),
     quantize: str = typer.Option("int8", "--quantize", help="int8 | fp16 | none"),
     int8_target: str = typer.Option(
-        "portable", "--int8-target", help="portable (onnxruntime's own int8 conv kernels: any CPU, ARM included) | "
-        "amx (deep convolutions through onnxruntime's int8 GEMM, which uses Intel AMX: Xeon 4th gen and later; "
-        "same arithmetic)"),
+        "portable", "--int8-target", help="portable (default; uint8 activations, int8 weights (U8S8): any CPU, ARM "
+        "included) | amx (x86 only: deep convolutions through onnxruntime's int8 GEMM, which uses Intel AMX: Xeon 4th "
+        "gen and later; same arithmetic) | arm (int8 activations and weights (S8S8), onnxruntime's ARM / mobile "
+        "recommendation; same accuracy, slower on x86: see docs/export.md)"),
     branch_kind: str = typer.Option(
         "auto", "--branch-kind", help="full (backbone + head: log-mel patches / preprocessed frames in) | raw (front "
         "end + backbone + head: 16 kHz PCM / uint8 frames in, with golden/ vectors and mobile/ .ort files) | head "

@@ -43,7 +43,12 @@ NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 QDQ_UNIT_OP_TYPES = ("Conv", "MatMul", "Gemm", "Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu",
                      "Clip", "Concat", "Reshape", "Transpose", "Flatten", "Mul")
 DYNAMIC_OP_TYPES = ("MatMul", "LSTM")  # Gemm has no dynamic integer kernel: rewritten as MatMul first
-INT8_TARGETS = ("portable", "amx")
+INT8_TARGETS = ("portable", "amx", "arm")
+# backbone activation type per target: uint8 (U8S8) for x86's u8*s8 kernels, int8 (S8S8) for ARM / mobile
+TARGET_ACTIVATIONS = {"portable": "uint8", "amx": "uint8", "arm": "int8"}
+HEAD_METHODS = ("dynamic", "static")
+TARGET_HEADS = {"portable": "dynamic", "amx": "dynamic", "arm": "dynamic"}  # full branches; head-only: dynamic
+STATIC_HEAD_OP_TYPES = ("MatMul", "Gemm")  # with a constant weight: the head's linear layers
 GEMM_MIN_DEPTH = 512  # measured per ResNet-50 conv on the AMX Xeon (docs/export.md): >= 512 deep, GEMM wins
 GEMM_WEIGHT_ZERO_POINT = -1  # any common non-zero point routes to the GEMM; -1 keeps the int8 range [-127, 127]
 FP16_MIN_ELEMENTS = 16  # tiny tensors (shapes, scalars) stay float32: nothing to save
@@ -152,7 +157,10 @@ def preprocess(source: Path, target: Path) -> dict:
 
 def quantize_static_backbone(source: Path, target: Path, input_name: str, batches: Sequence[np.ndarray],
                              nodes: list[str], *, per_channel: bool = True, activation: str = "uint8",
-                             quant_format: str = "QDQ", progress: bool = True) -> dict:
+                             quant_format: str = "QDQ", progress: bool = True, head_nodes: Sequence[str] = ()
+                             ) -> dict:
+    """Static quantization of `nodes` (the backbone) and, for a static head, `head_nodes` (its linear layers)
+    in one calibration pass. Weights are int8, symmetric (zero point 0), per output channel by default."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     reader = BatchReader(input_name, batches, progress=progress, desc="calibrating backbone")
@@ -160,12 +168,24 @@ def quantize_static_backbone(source: Path, target: Path, input_name: str, batche
         str(source), str(target), reader,
         quant_format=QuantFormat.QDQ if quant_format == "QDQ" else QuantFormat.QOperator,
         activation_type=QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8,
-        weight_type=QuantType.QInt8, per_channel=per_channel, nodes_to_quantize=nodes,
-        op_types_to_quantize=None, calibrate_method=CalibrationMethod.MinMax)
+        weight_type=QuantType.QInt8, per_channel=per_channel, nodes_to_quantize=[*nodes, *head_nodes],
+        op_types_to_quantize=None, calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"WeightSymmetric": True})
     # not CalibMaxIntermediateOutputs: in onnxruntime 1.32 it drops the collected batches without merging them
-    return {"format": quant_format, "activations": activation, "weights": "int8", "per_channel": per_channel,
-            "calibration_method": "MinMax", "calibration_batches": len(batches),
+    return {"format": quant_format, "activations": activation, "weights": "int8 (symmetric: zero point 0)",
+            "per_channel": per_channel, "calibration_method": "MinMax", "calibration_batches": len(batches),
             "calibration_steps": int(sum(b.shape[1] for b in batches))}
+
+
+def static_head_nodes(model: onnx.ModelProto, head: Sequence[str]) -> list[str]:
+    """The head's MatMul / Gemm nodes whose weight (input B) is a constant: its linear layers. Attention score
+    products (two activations), LayerNorm, Softmax, residual adds and the L2 normalisation are left out, so
+    they stay float as in the dynamic recipe."""
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {out for n in model.graph.node if n.op_type == "Constant" for out in n.output}
+    wanted = set(head)
+    return [n.name for n in model.graph.node
+            if n.name in wanted and n.op_type in STATIC_HEAD_OP_TYPES and len(n.input) > 1 and n.input[1] in constants]
 
 
 def route_deep_convs_to_gemm(path: Path, min_depth: int = GEMM_MIN_DEPTH) -> dict:
@@ -245,39 +265,60 @@ def _dequantized_tensors(graph: onnx.GraphProto) -> set[str]:
 
 def quantize_int8(fp32_path: Path, target: Path, *, full: bool, input_name: str,
                   calibration_batches: Sequence[np.ndarray] = (), progress: bool = True,
-                  per_channel: bool = True, activation: str = "uint8", quant_format: str = "QDQ",
-                  head_per_channel: bool = False, int8_target: str = "portable") -> dict:
-    """The int8 recipe (module docstring); returns the recipe as JSON for the manifest."""
+                  per_channel: bool = True, activation: str | None = None, quant_format: str = "QDQ",
+                  head_per_channel: bool = False, int8_target: str = "portable", head: str = "dynamic") -> dict:
+    """The int8 recipe (module docstring); returns the recipe as JSON for the manifest.
+
+    `activation`: the backbone's activation type, by default the target's (TARGET_ACTIVATIONS). `head`:
+    "dynamic" (the recipe) or "static" (the head's linear layers calibrated with the backbone, int8 QDQ like
+    it; full branches only): no DynamicQuantizeLinear / MatMulInteger left, at the cost of fixed activation
+    ranges (docs/export.md measures it).
+    """
     if int8_target not in INT8_TARGETS:
         raise ValueError(f"int8 target must be one of {INT8_TARGETS}, got {int8_target!r}")
+    if head not in HEAD_METHODS:
+        raise ValueError(f"int8 head must be one of {HEAD_METHODS}, got {head!r}")
+    activation = activation or TARGET_ACTIVATIONS[int8_target]
     if int8_target == "amx" and (quant_format, activation) != ("QDQ", "uint8"):
         raise ValueError("the amx int8 target re-routes U8S8 QDQ convolutions; it needs quant_format='QDQ' and "
                          "activation='uint8'")
+    if int8_target == "arm" and (quant_format, activation) != ("QDQ", "int8"):
+        raise ValueError("the arm int8 target is S8S8 QDQ; it needs quant_format='QDQ' and activation='int8'")
+    if head == "static" and not full:
+        raise ValueError("a static int8 head is calibrated with the backbone: full branches only")
     with tempfile.TemporaryDirectory(prefix="tivm-quant-", dir=target.parent) as tmp:
         tmp = Path(tmp)
         pre = tmp / "pre.onnx"
         recipe: dict = {"method": "int8", **preprocess(fp32_path, pre)}
-        backbone, head, float_only = split_regions(onnx.load(str(pre)), full)
+        pre_model = onnx.load(str(pre))
+        backbone, head_nodes, float_only = split_regions(pre_model, full)
         current = pre
         if full:
             if not calibration_batches:
                 raise ValueError("static int8 quantization of a backbone needs calibration inputs")
-            static = tmp / "static.onnx"
+            static = tmp / "static.onnx" if head == "dynamic" else target
+            linear = static_head_nodes(pre_model, head_nodes) if head == "static" else []
             recipe["backbone"] = quantize_static_backbone(
                 current, static, input_name, calibration_batches, backbone, per_channel=per_channel,
-                activation=activation, quant_format=quant_format, progress=progress)
+                activation=activation, quant_format=quant_format, progress=progress, head_nodes=linear)
             recipe["backbone"]["kept_float_nodes"] = len(float_only)
             recipe["backbone"]["int8_target"] = int8_target
             if int8_target == "amx":
                 recipe["backbone"].update(route_deep_convs_to_gemm(static))
             current = static
-        # dynamic quantization has no integer Gemm: rewrite Gemm as MatMul + Add (new node names, so the
-        # head is found again, as everything downstream of its scoped nodes)
-        matmuls = tmp / "matmul.onnx"
-        gemm_to_matmul(current, matmuls)
-        _, head, _ = split_regions(onnx.load(str(matmuls)), full)
-        current = matmuls
-        recipe["head"] = quantize_dynamic_head(current, target, head, per_channel=head_per_channel)
+            if head == "static":
+                recipe["head"] = {"method": "static", "format": quant_format, "activations": f"{activation} "
+                                  "(calibrated with the backbone)", "weights": "int8 (symmetric: zero point 0)",
+                                  "per_channel": per_channel, "op_types": list(STATIC_HEAD_OP_TYPES),
+                                  "constant_weights_only": True, "nodes": len(linear),
+                                  "float_nodes": len(head_nodes) - len(linear)}
+        if head == "dynamic":
+            # dynamic quantization has no integer Gemm: rewrite Gemm as MatMul + Add (new node names, so the
+            # head is found again, as everything downstream of its scoped nodes)
+            matmuls = tmp / "matmul.onnx"
+            gemm_to_matmul(current, matmuls)
+            _, head_nodes, _ = split_regions(onnx.load(str(matmuls)), full)
+            recipe["head"] = quantize_dynamic_head(matmuls, target, head_nodes, per_channel=head_per_channel)
     recipe["float_ops"] = float_op_counts(target)
     return recipe
 

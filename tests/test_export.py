@@ -385,3 +385,74 @@ def test_amx_target_is_recorded_and_bad_targets_are_refused(tmp_path):
     result = CliRunner().invoke(app, [str(small_run(tmp_path)), "-o", str(tmp_path / "m"), "--int8-target", "tpu",
                                       "-q"])
     assert result.exit_code == 2 and "--int8-target" in result.output
+
+
+# --------------------------------------------------------------------------------------- int8 target "arm"
+
+ARM_INT8_MIN_COSINE = 0.999  # S8S8 backbone + int8 head vs float, unseen random inputs (measured >= 0.99993)
+
+
+def _tiny_full_branch(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    """A full branch in seconds: a small conv backbone (dense + depthwise convs, a linear layer) + TIVM head."""
+    from tivm.export.branches import Branch
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, padding=1, groups=16),
+        torch.nn.ReLU6(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, AUDIO_DIM))
+    module = Branch(backbone, small_model("TIVM").audio_head).eval()
+    path = tmp_path / "full.fp32.onnx"
+    export_onnx(module, (3, 12, 12), path, "frames", "embedding")
+    return path, module
+
+
+def _quantization_types(path: Path) -> tuple[dict, dict, set[str]]:
+    """(weights, activations, op types): weights {initializer: (dtype, zero points)} of each weight
+    DequantizeLinear (input an initializer) and activations {tensor: dtype} of each QuantizeLinear."""
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    weights = {n.input[0]: (inits[n.input[0]].dtype, inits[n.input[2]]) for n in graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim >= 2}
+    activations = {n.input[0]: inits[n.input[2]].dtype for n in graph.node if n.op_type == "QuantizeLinear"}
+    return weights, activations, {n.op_type for n in graph.node}
+
+
+@pytest.mark.parametrize("head", ["dynamic", "static"])
+def test_arm_target_is_s8s8_with_symmetric_weights_and_close_to_float(tmp_path, head):
+    import onnxruntime as ort
+
+    fp32, module = _tiny_full_branch(tmp_path)
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((1, 5, 3, 12, 12)).astype(np.float32) for _ in range(4)]
+    arm = tmp_path / "full.arm.onnx"
+    recipe = quant.quantize_int8(fp32, arm, full=True, input_name="frames", calibration_batches=batches,
+                                 progress=False, int8_target="arm", head=head)
+    assert recipe["backbone"]["int8_target"] == "arm" and recipe["backbone"]["activations"] == "int8"
+    assert recipe["head"]["method"] == head
+    weights, activations, ops = _quantization_types(arm)
+    convs = [w for w in weights if w.startswith("backbone.")]
+    assert len(convs) == 3  # two convolutions and the linear layer
+    # symmetric int8 weights (zero point 0: what NNAPI and the ARM symmetric kernels take), int8 activations
+    assert all(dtype == np.int8 and not zero_points.any() for dtype, zero_points in weights.values())
+    assert activations and set(activations.values()) == {np.dtype(np.int8)}
+    if head == "dynamic":
+        assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    else:  # no op CoreML / NNAPI cannot run at all; the head's linear layers are int8 QDQ like the backbone
+        assert not ops & {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeLSTM"}
+        assert any(w.startswith("head.") for w in weights) and recipe["head"]["nodes"] > 0
+    x = rng.standard_normal((3, 5, 3, 12, 12)).astype(np.float32)  # not a calibration input
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    got = ort.InferenceSession(str(arm), providers=["CPUExecutionProvider"]).run(None, {"frames": x})[0]
+    cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosine.min() >= ARM_INT8_MIN_COSINE, cosine
+
+
+def test_arm_target_refuses_u8_activations_and_a_static_head_without_a_backbone(tmp_path):
+    with pytest.raises(ValueError, match="S8S8"):
+        quant.quantize_int8(tmp_path / "x.onnx", tmp_path / "y.onnx", full=True, input_name="x", int8_target="arm",
+                            activation="uint8")
+    with pytest.raises(ValueError, match="full branches only"):
+        quant.quantize_int8(tmp_path / "x.onnx", tmp_path / "y.onnx", full=False, input_name="x", head="static")
