@@ -18,6 +18,13 @@ GEMM is faster for convolutions at least GEMM_MIN_DEPTH deep (input channels per
 slower for shallower ones (docs/export.md measures it per depth), so "amx" stores those deep convolutions'
 weights as q - 1 with zero point -1: they dequantize to exactly the same values, only the kernel changes.
 "portable" (the default) keeps onnxruntime's choice, which suits CPUs without AMX and ARM.
+int8 target "arm" (opt-in): the backbone in S8S8 (int8 activations, symmetric int8 weights), the QDQ layout
+onnxruntime recommends for ARM; the head stays dynamic. Measured (docs/export.md, tests/int8_arm_report.py): the
+same accuracy as U8S8 (asymmetric int8 and uint8 activations share one grid: same scale, zero point - 128),
+x86 runs it 1.3-2x slower, aarch64 agrees with x86 as U8S8 does, and onnxruntime's mobile checker gives both the
+same verdict, so raw (mobile) bundles keep "portable". A static head (`head="static"`: the head's linear layers
+calibrated with the backbone, no DynamicQuantizeLinear) is kept for measuring: it cost accuracy and bought no
+NNAPI / CoreML verdict.
 fp16: weights stored as float16 and cast back to float32 when the session loads (onnxruntime folds the Casts),
 so the file halves and inputs, outputs and arithmetic stay float32: the runtime is unchanged.
 """
