@@ -357,6 +357,7 @@ def _report(checkpoint, out_dir: Path, record: dict, options: ExportOptions, res
             "configuration": record.get("name"), "quantize": options.quantize,
             "branch_kind": RAW if options.branch_kind == RAW else next(iter(results.values())).plan.kind,
             "int8_target": options.int8_target if options.quantize == "int8" else None,
+            "int8_head": int8_head(options) if options.quantize == "int8" else None,  # full branches' heads
             "min_cosine": options.min_cosine, "seconds": round(seconds, 2),
             "branches": {name: r.to_json() for name, r in results.items()}}
 

@@ -20,7 +20,7 @@ from tivm.export import validate
 from tivm.export.branches import full_plan, head_plan, plan_branches, resolve_kind
 from tivm.export.cli import app
 from tivm.export.onnx_export import export_onnx
-from tivm.export.pipeline import ExportOptions, export_branch
+from tivm.export.pipeline import ExportOptions, export_branch, export_model
 from tivm.runtime.errors import ModelError
 from tivm.runtime.manifest import file_sha256, read_manifest
 from tivm.train import backbones
@@ -456,3 +456,5 @@ def test_arm_target_refuses_u8_activations_and_a_static_head_without_a_backbone(
                             activation="uint8")
     with pytest.raises(ValueError, match="full branches only"):
         quant.quantize_int8(tmp_path / "x.onnx", tmp_path / "y.onnx", full=False, input_name="x", head="static")
+    with pytest.raises(ValueError, match="int8_head"):
+        export_model(small_run(tmp_path), tmp_path / "m", ExportOptions(int8_target="arm", int8_head="both"))
