@@ -12,6 +12,9 @@ exported float32 and as each int8 variant, then compared on the shared media (ru
         .cache/arm/sysroot/usr/bin/python3.11 tests/int8_arm_report.py run OUT > OUT/arm.json
     .venv/bin/python tests/int8_arm_report.py compare OUT/x86.json OUT/arm.json
 
+`-cpu max` instead of cortex-a72 emulates dotprod, i8mm, SVE2 and SME (onnxruntime then takes its KleidiAI
+kernels); `run OUT --no-kleidiai` sets the session option mlas.disable_kleidiai.
+
 `run` needs only numpy and onnxruntime (it is what runs on aarch64; tools/test-deps.sh prepares the sysroot);
 emulated timings mean nothing and are not taken. Not a pytest module: it takes minutes (each export about one).
 """
@@ -105,11 +108,13 @@ def _windows(out: Path) -> dict[str, list[tuple[str, np.ndarray]]]:
     return windows
 
 
-def _session(path: Path, threads: int):
+def _session(path: Path, threads: int, kleidiai: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if not kleidiai:  # onnxruntime's Arm KleidiAI kernels off (their SME dynamic-quantization GEMM: docs/export.md)
+        options.add_session_config_entry("mlas.disable_kleidiai", "1")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -207,15 +212,15 @@ def checker(out: Path) -> None:
     (out / "usability.json").write_text(json.dumps(report, indent=1))
 
 
-def run(out: Path, variants: list[str]) -> None:
+def run(out: Path, variants: list[str], kleidiai: bool = True) -> None:
     """Each variant's full graphs on the saved windows, 1 thread: JSON on stdout (numpy + onnxruntime only)."""
     import onnxruntime as ort
 
     inputs = np.load(out / "arm_inputs.npz")
-    result = {"machine": platform.machine(), "onnxruntime": ort.__version__, "embeddings": {}}
+    result = {"machine": platform.machine(), "onnxruntime": ort.__version__, "kleidiai": kleidiai, "embeddings": {}}
     for variant in variants or TIMED:
         for branch in BRANCHES:
-            session = _session(out / "models" / f"{variant}-full" / f"{branch}.onnx", 1)
+            session = _session(out / "models" / f"{variant}-full" / f"{branch}.onnx", 1, kleidiai)
             name = session.get_inputs()[0].name
             for key in inputs.files:
                 if key.startswith(branch):
@@ -257,7 +262,7 @@ def main(argv: list[str]) -> None:
     elif command == "checker":
         checker(out)
     elif command == "run":
-        run(out, extra)
+        run(out, [v for v in extra if v != "--no-kleidiai"], kleidiai="--no-kleidiai" not in extra)
     else:
         sys.exit(__doc__)
 
