@@ -13,7 +13,7 @@ PyTorch falls below `ExportOptions.min_cosine`.
 
 from __future__ import annotations
 
-import importlib
+from tivm.runtime.lazy import lazy_exports
 
 _LAZY = {
     "export_model": "tivm.export.pipeline",
@@ -24,13 +24,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tivm.export' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports("tivm.export", _LAZY, globals())

@@ -10,9 +10,8 @@ The public API is re-exported here and imported on first use, so `import tivm.ru
 
 from __future__ import annotations
 
-import importlib
-
 from tivm.runtime.errors import AudioTooShortError, LibraryError, MediaError, ModelError, OutputError, TivmError
+from tivm.runtime.lazy import lazy_exports
 
 _LAZY = {
     "Recommender": "tivm.runtime.recommend",
@@ -31,13 +30,4 @@ __all__ = sorted(_LAZY) + ["AudioTooShortError", "LibraryError", "MediaError", "
                            "TivmError"]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tivm.runtime' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports("tivm.runtime", _LAZY, globals())

@@ -13,7 +13,7 @@ The public API, imported on first use (torch loads only when one of these is tou
 
 from __future__ import annotations
 
-import importlib
+from tivm.runtime.lazy import lazy_exports
 
 _LAZY = {
     "load_config": "tivm.train.config",
@@ -33,13 +33,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tivm.train' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports("tivm.train", _LAZY, globals())
