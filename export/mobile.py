@@ -19,7 +19,6 @@ that does not match its .onnx file raises MobileError.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -119,20 +118,10 @@ def _write_with_explicit_perms(source: Path, target: Path) -> int:
     """Copy an ONNX file, giving every Transpose without perm its default one; returns how many."""
     import onnx
 
+    from tivm.export.quantize import spell_out_transpose_perms
+
     model = onnx.load(str(source))
-    ranks = {}
-    inferred = onnx.shape_inference.infer_shapes(model)
-    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        if info.type.tensor_type.HasField("shape"):
-            ranks[info.name] = len(info.type.tensor_type.shape.dim)
-    ranks.update({init.name: len(init.dims) for init in model.graph.initializer})
-    count = 0
-    for node in model.graph.node:
-        if node.op_type == "Transpose" and not any(a.name == "perm" for a in node.attribute):
-            rank = ranks.get(node.input[0])
-            if rank is not None:
-                node.attribute.append(onnx.helper.make_attribute("perm", list(range(rank))[::-1]))
-                count += 1
+    count = spell_out_transpose_perms(model)
     onnx.save(model, str(target))
     return count
 
@@ -151,14 +140,6 @@ def _parse_usability(text: str) -> dict[str, Any]:
     recommendation = next((line.split("INFO:", 1)[-1].strip() for line in text.splitlines()
                            if "For optimal performance" in line or "it is recommended to compare" in line), "")
     return {"verdicts": verdicts, "unsupported_ops": unsupported, "recommendation": recommendation}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def compare_with_onnx(model_dir: Path, mobile_dir: Path, manifest: M.ModelManifest, threads: int) -> dict:
@@ -203,7 +184,7 @@ def package(model_dir: str | os.PathLike, *, threads: int = 2) -> dict[str, Any]
         ort_file = mobile_dir / (path.stem + ".ort")
         report["files"][name] = {"onnx": path.name, "onnx_bytes": path.stat().st_size,
                                  "ort": f"{MOBILE_DIR}/{ort_file.name}", "ort_bytes": ort_file.stat().st_size,
-                                 "ort_sha256": _sha256(ort_file)}
+                                 "ort_sha256": M.file_sha256(ort_file)}
         text, parsed = usability(path)
         texts.append(f"===== {path.name} =====\n{text.strip()}\n")
         report["usability"][name] = parsed

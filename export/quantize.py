@@ -369,14 +369,26 @@ def tidy_for_shipping(path: Path) -> None:
     leaves implicit: onnxruntime-node 1.30 aborts on a Transpose without `perm`, and onnxruntime's mobile
     usability checker raises on one."""
     model = onnx.load(str(path))
-    ranks = {i.name: len(i.dims) for i in model.graph.initializer}
     for node in model.graph.node:
         del node.metadata_props[:]
-        if node.op_type == "DequantizeLinear" and node.input[0] in ranks:
-            ranks[node.output[0]] = ranks[node.input[0]]
+    spell_out_transpose_perms(model)
+    onnx.save(model, str(path))
+
+
+def spell_out_transpose_perms(model: onnx.ModelProto) -> int:
+    """Give every Transpose without `perm` its default (the axes reversed), in place; returns how many.
+    Ranks come from the initializers and from ONNX shape inference."""
+    ranks = {}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        if info.type.tensor_type.HasField("shape"):
+            ranks[info.name] = len(info.type.tensor_type.shape.dim)
+    ranks.update({init.name: len(init.dims) for init in model.graph.initializer})
+    count = 0
     for node in model.graph.node:
         if node.op_type == "Transpose" and not any(a.name == "perm" for a in node.attribute):
             rank = ranks.get(node.input[0])
-            if rank is not None:  # the default: reverse the axes
+            if rank is not None:
                 node.attribute.append(onnx.helper.make_attribute("perm", list(range(rank))[::-1]))
-    onnx.save(model, str(path))
+                count += 1
+    return count
