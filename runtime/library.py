@@ -476,3 +476,21 @@ def _mmap_member(path: Path, name: str) -> np.ndarray:
         raise ValueError(f"{name} is truncated")
     return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset,
                      order="F" if fortran_order else "C")
+
+
+# Building a library in parts (tivm.runtime.distributed embeds songs on Ray workers and writes shards, which
+# tivm.runtime.shards merges): build_library's own per-song step and assembly, so a song is embedded and a
+# library put together by one code path however the work is spread.
+LibrarySong = _Song
+
+
+def embed_song(model, path: str | os.PathLike, relative: str, sha256: str,
+               hop_seconds: float = DEFAULT_HOP_SECONDS) -> LibrarySong:
+    """One song as build_library embeds it (windows and title); MediaError/OSError as there."""
+    return _embed_song(model, Path(path), relative, sha256, hop_seconds)
+
+
+def assemble_library(songs: list[LibrarySong], model, root: str | os.PathLike,
+                     hop_seconds: float = DEFAULT_HOP_SECONDS) -> SongLibrary:
+    """A library of embedded songs, in the given order, with build_library's meta (model from its manifest)."""
+    return _assemble(list(songs), model, Path(root).resolve(), hop_seconds)
