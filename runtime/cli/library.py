@@ -102,6 +102,12 @@ def export(
     typer.echo(f"{printable(folder)}: {dtype} flat library")
 
 
+from tivm.runtime.cli import library_shards  # noqa: E402  (sharded and distributed builds: their own module)
+
+app.command()(library_shards.merge)
+app.command()(library_shards.build_distributed)
+
+
 def main() -> None:
     run(app)
 

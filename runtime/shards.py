@@ -1,0 +1,382 @@
+"""Sharded song libraries: a catalogue embedded in parts (on many machines) and merged into one library.
+
+A **shard** is an ordinary library file (`tivm.runtime.library`) holding a deterministic part of a songs
+folder: the songs whose relative path hashes to its index (`shard_index`), so adding songs to a catalogue
+changes only the shards they fall into. Its `meta["shard"]` records which part it is:
+
+    {"index": i, "count": n, "songs": <songs assigned>, "songs_sha256": <sha256 of their sorted paths>,
+     "failed": [[path, message], ...]}
+
+A shard whose songs all failed (or that was assigned none) cannot be a library (a library has at least one
+window), so it is written as `shard-0000i-of-0000n.empty.json` beside the others, with the same `shard`
+record: every index then has a file, and a missing one is an error, not a silent hole in the catalogue.
+
+`merge_shards` checks the parts belong together (same model fingerprint, hop and window, same songs folder
+or folders under one parent, no song twice, every shard of a sharded build present once) and writes one
+library, songs in the order `build_library` gives them, atomically: the last good library is replaced only
+by a complete, validated one. `exclusive_lock` keeps two builds or merges from writing the same output at
+once. Nothing here imports Ray (`tivm.runtime.distributed` does, lazily).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from tivm.runtime.errors import LibraryError, OutputError
+from tivm.runtime.files import check_output, read_json_object, write_text
+from tivm.runtime.library import SongLibrary, is_library
+
+SHARD_KEY = "shard"
+EMPTY_FORMAT = "tivm-library-empty-shard"
+EMPTY_SUFFIX = ".empty.json"
+MAX_SHARDS = 99999  # five digits in the file names
+LOCK_SUFFIX = ".lock"
+
+
+def shard_index(relative: str, count: int) -> int:
+    """The shard a song belongs to: a hash of its path relative to the songs folder (stable across runs,
+    machines and Python versions, unlike `hash()`)."""
+    digest = hashlib.sha256(relative.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def shard_file_name(index: int, count: int) -> str:
+    return f"shard-{index:05d}-of-{count:05d}.npz"
+
+
+def empty_file_name(index: int, count: int) -> str:
+    return shard_file_name(index, count)[:-len(".npz")] + EMPTY_SUFFIX
+
+
+def path_order(relative: str) -> tuple[str, ...]:
+    """Sort key giving `build_library`'s song order (it sorts Paths, i.e. by path components)."""
+    return PurePosixPath(relative).parts
+
+
+def songs_sha256(relatives: Sequence[str]) -> str:
+    """Identifies the set of songs assigned to a shard (NUL cannot occur in a path)."""
+    digest = hashlib.sha256()
+    for relative in sorted(relatives, key=path_order):
+        digest.update(relative.encode("utf-8", "surrogateescape") + b"\0")
+    return digest.hexdigest()
+
+
+def assign_shards(relatives: Sequence[str], count: int) -> list[list[str]]:
+    """Songs (relative paths) of each of `count` shards, each list in build order."""
+    if not (isinstance(count, int) and 1 <= count <= MAX_SHARDS):
+        raise ValueError(f"shard count must be between 1 and {MAX_SHARDS}, got {count!r}")
+    parts: list[list[str]] = [[] for _ in range(count)]
+    for relative in relatives:
+        parts[shard_index(relative, count)].append(relative)
+    return [sorted(part, key=path_order) for part in parts]
+
+
+def shard_record(index: int, count: int, assigned: Sequence[str],
+                 failed: Sequence[tuple[str, str]] = ()) -> dict:
+    return {"index": index, "count": count, "songs": len(assigned), "songs_sha256": songs_sha256(assigned),
+            "failed": [[str(p), str(m)] for p, m in failed]}
+
+
+def check_shard_record(record, where: object) -> dict:
+    """A shard record read from a file, checked (it is data from whoever made the file)."""
+    def bad(problem: str) -> LibraryError:
+        return LibraryError(f"{where}: corrupt shard record ({problem})")
+
+    if not isinstance(record, dict):
+        raise bad("meta.shard is not an object")
+    count, index = record.get("count"), record.get("index")
+    if not (type(count) is int and 1 <= count <= MAX_SHARDS and type(index) is int and 0 <= index < count):
+        raise bad(f"index {index!r} of count {count!r}")
+    songs, digest, failed = record.get("songs"), record.get("songs_sha256"), record.get("failed", [])
+    if not (type(songs) is int and songs >= 0):
+        raise bad("songs is not a count")
+    if not (isinstance(digest, str) and len(digest) == 64):
+        raise bad("songs_sha256 is not a sha256")
+    if not (isinstance(failed, list) and all(isinstance(f, list) and len(f) == 2
+                                             and all(isinstance(x, str) for x in f) for f in failed)):
+        raise bad("failed is not a list of [path, message]")
+    return record
+
+
+# -- empty shards --------------------------------------------------------------------------------------------
+
+def write_empty_shard(path: str | os.PathLike, record: dict, *, model_fingerprint: str, root: str,
+                      hop_seconds: float) -> Path:
+    """The marker of a shard with no embeddable song (so merge knows it is not missing)."""
+    data = {"format": EMPTY_FORMAT, "model_fingerprint": model_fingerprint, "root": str(root),
+            "hop_seconds": float(hop_seconds), SHARD_KEY: record}
+    return write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class EmptyShard:
+    path: Path
+    model_fingerprint: str
+    root: str
+    hop_seconds: float
+    record: dict
+
+
+def read_empty_shard(path: str | os.PathLike) -> EmptyShard:
+    path = Path(path)
+    data = read_json_object(path, lambda problem: LibraryError(f"{path}: {problem}"))
+    if data.get("format") != EMPTY_FORMAT:
+        raise LibraryError(f"{path}: not a tivm empty-shard marker")
+    fingerprint, root, hop = data.get("model_fingerprint"), data.get("root"), data.get("hop_seconds")
+    if not (isinstance(fingerprint, str) and isinstance(root, str) and isinstance(hop, (int, float))
+            and not isinstance(hop, bool)):
+        raise LibraryError(f"{path}: corrupt empty-shard marker (model_fingerprint, root or hop_seconds)")
+    return EmptyShard(path, fingerprint, root, float(hop), check_shard_record(data.get(SHARD_KEY), path))
+
+
+# -- one writer at a time ------------------------------------------------------------------------------------
+
+@contextmanager
+def exclusive_lock(target: str | os.PathLike, what: str = "output") -> Iterator[Path]:
+    """Hold `.<name>.lock` beside `target` while writing it: a second build or merge of the same output
+    stops with an OutputError naming the first, instead of both spending hours and one winning silently.
+
+    A lock left by a process that died on this host is taken over; one from another host is reported with
+    the command to remove it, since whether that process still runs cannot be seen from here.
+    """
+    target = Path(target)
+    lock = target.parent / f".{target.name}{LOCK_SUFFIX}"
+    owner = {"host": socket.gethostname(), "pid": os.getpid(),
+             "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder.get("host") == owner["host"] and _pid_gone(holder.get("pid")):
+                lock.unlink(missing_ok=True)  # its writer died (killed, power cut): take over
+                continue
+            who = f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+            raise OutputError(f"{target}: another build or merge is writing this {what} ({who}); wait for it, "
+                              f"or remove {lock} if it is no longer running") from None
+        except OSError as exc:
+            raise OutputError(f"{target}: cannot create the lock {lock} ({exc.strerror or exc})") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(owner, f)
+        break
+    else:
+        raise OutputError(f"{target}: could not take the lock {lock}")
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> dict:
+    try:
+        holder = json.loads(lock.read_text(encoding="utf-8")[:4096])
+    except (OSError, ValueError):
+        return {}  # being written this instant, or garbage: treated as held
+    return holder if isinstance(holder, dict) else {}
+
+
+def _pid_gone(pid) -> bool:
+    if not (type(pid) is int and pid > 0) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
+# -- merge ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class MergeReport:
+    """What a merge wrote, from which parts, and the songs the shards' builds could not embed."""
+
+    library: SongLibrary | None = None
+    parts: list[Path] = field(default_factory=list)
+    empty_shards: list[Path] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    note: str = ""
+
+
+def merge_shards(parts: Sequence[str | os.PathLike], output: str | os.PathLike, *,
+                 model_fingerprint: str | None = None) -> MergeReport:
+    """Merge library shards (or any libraries of the same model) into one library at `output`.
+
+    Refuses, with a LibraryError naming the file: an unreadable or truncated part, parts embedded by
+    different models (or not by `model_fingerprint` when given), with another hop or window length, the same
+    song in two parts, and a sharded build with a shard missing or given twice. `output` is written only
+    after every check passed, atomically, under `exclusive_lock`.
+    """
+    paths = [Path(p) for p in parts]
+    if not paths:
+        raise LibraryError("no library shards given to merge")
+    output = check_output(output, what="library", inputs=paths, replaceable=is_library)
+    seen: dict[tuple[int, int], Path] = {}
+    for path in paths:
+        try:
+            key = (path.stat().st_dev, path.stat().st_ino)
+        except OSError:
+            raise LibraryError(f"{path}: no such library shard") from None
+        if key in seen:
+            raise LibraryError(f"{path}: given twice (also as {seen[key]})")
+        seen[key] = path
+    with exclusive_lock(output, "library"):
+        libraries = [SongLibrary.load(path) for path in paths]  # validates each; embeddings stay memory-mapped
+        report = MergeReport(parts=paths)
+        reference = libraries[0]
+        for library in libraries:
+            _check_compatible(library, reference, model_fingerprint)
+        records = [_record_of(library) for library in libraries]
+        report.empty_shards = _check_shard_set(paths, records, reference)
+        for record in records + [read_empty_shard(p).record for p in report.empty_shards]:
+            if record is not None:
+                report.failed.extend((p, m) for p, m in record.get("failed", []))
+        merged, report.note = _concatenate(libraries)
+        merged.validate()
+        merged.save(output)
+        report.library = SongLibrary.load(output)
+    return report
+
+
+def _check_compatible(library: SongLibrary, reference: SongLibrary, model_fingerprint: str | None) -> None:
+    where, first = library.source, reference.source
+    if getattr(library, "form", "full") != "full" or library.embeddings is None:
+        # each compact library has its own PCA, fitted on its own windows: codes of two cannot be joined
+        raise LibraryError(f"{where}: a compact library; merge the full-form shards, then compact the result")
+    if model_fingerprint is not None and library.model_fingerprint != model_fingerprint:
+        raise LibraryError(f"{where}: embedded by model {library.model_fingerprint[:12]}… "
+                           f"({library.meta.get('model_dir')}), not by the given model {model_fingerprint[:12]}…")
+    if library.model_fingerprint != reference.model_fingerprint:
+        raise LibraryError(f"{where}: embedded by model {library.model_fingerprint[:12]}… "
+                           f"({library.meta.get('model_dir')}), but {first} by {reference.model_fingerprint[:12]}… "
+                           f"({reference.meta.get('model_dir')}); rebuild it with the same model")
+    for key in ("hop_seconds", "window_seconds"):
+        if float(library.meta[key]) != float(reference.meta[key]):
+            raise LibraryError(f"{where}: {key} {library.meta[key]} differs from {first}'s {reference.meta[key]}")
+    if library.dim != reference.dim:
+        raise LibraryError(f"{where}: embedding dimension {library.dim} differs from {first}'s {reference.dim}")
+    root = library.meta.get("root", "")
+    if not (isinstance(root, str) and os.path.isabs(root)):
+        raise LibraryError(f"{where}: songs folder {root!r} is not an absolute path; cannot place its songs")
+
+
+def _record_of(library: SongLibrary) -> dict | None:
+    record = library.meta.get(SHARD_KEY)
+    return None if record is None else check_shard_record(record, library.source)
+
+
+def _check_shard_set(paths: list[Path], records: list[dict | None], reference: SongLibrary) -> list[Path]:
+    """Every shard of each sharded build present exactly once; returns the empty-shard markers used."""
+    counts = {r["count"] for r in records if r is not None}
+    if len(counts) > 1:
+        raise LibraryError(f"shards of different builds: {', '.join(str(c) for c in sorted(counts))} shards; "
+                           "merge the shards of one build (same --shard-count)")
+    if not counts:
+        return []
+    count = counts.pop()
+    present: dict[int, Path] = {}
+    for path, record in zip(paths, records):
+        if record is None:
+            continue
+        if record["index"] in present:
+            raise LibraryError(f"{path}: shard {record['index']} of {count} given twice (also "
+                               f"{present[record['index']]})")
+        present[record["index"]] = path
+    folders = list(dict.fromkeys(p.parent for p in paths))
+    empty = []
+    for index in range(count):
+        if index in present:
+            continue
+        marker = next((f / empty_file_name(index, count) for f in folders
+                       if (f / empty_file_name(index, count)).is_file()), None)
+        if marker is None:
+            raise LibraryError(f"{folders[0] / shard_file_name(index, count)}: shard {index} of {count} is "
+                               "missing (not given, and no empty-shard marker beside the others); finish the "
+                               "build (re-running it does only the missing shards) or give every shard")
+        shard = read_empty_shard(marker)
+        if (shard.record["index"], shard.record["count"]) != (index, count):
+            raise LibraryError(f"{marker}: marks shard {shard.record['index']} of {shard.record['count']}, "
+                               f"not {index} of {count}")
+        if shard.model_fingerprint != reference.model_fingerprint:
+            raise LibraryError(f"{marker}: from a build with model {shard.model_fingerprint[:12]}…, the shards "
+                               f"are from {reference.model_fingerprint[:12]}…")
+        if shard.hop_seconds != float(reference.meta["hop_seconds"]):
+            raise LibraryError(f"{marker}: from a build with hop {shard.hop_seconds} s, the shards have "
+                               f"{reference.meta['hop_seconds']} s")
+        empty.append(marker)
+    return empty
+
+
+def _concatenate(libraries: list[SongLibrary]) -> tuple[SongLibrary, str]:
+    """One library of every part's songs, in build order; paths rebased onto the parts' common folder
+    when they were built from different folders."""
+    roots = [str(library.meta["root"]) for library in libraries]
+    common = roots[0] if len(set(roots)) == 1 else os.path.commonpath(roots)
+    note = "" if len(set(roots)) == 1 else f"parts come from different folders: song paths made relative to {common}"
+    songs = []  # (relative path under common, part, song index)
+    owner: dict[str, Path] = {}
+    for part, (library, root) in enumerate(zip(libraries, roots)):
+        prefix = PurePosixPath(Path(root).relative_to(common).as_posix()) if root != common else None
+        for i, path in enumerate(library.paths):
+            relative = str(path) if prefix is None else str(prefix / str(path))
+            if relative in owner:
+                raise LibraryError(f"{library.source}: song {relative!r} is also in {owner[relative]}; "
+                                   "a song may be in one part only")
+            owner[relative] = library.source
+            songs.append((relative, part, i))
+    songs.sort(key=lambda song: path_order(song[0]))
+    window_rows, counts = [], []
+    for _, part, i in songs:
+        offsets = libraries[part].song_offsets
+        window_rows.append((part, int(offsets[i]), int(offsets[i + 1])))
+        counts.append(int(offsets[i + 1] - offsets[i]))
+
+    def windows(name: str, dtype) -> np.ndarray:
+        """Rows copied part by part into one array: the merge holds the output once, the parts stay mapped."""
+        first = getattr(libraries[0], name)
+        out = np.empty((sum(counts),) + first.shape[1:], dtype=dtype)
+        row = 0
+        for p, a, b in window_rows:
+            out[row:row + b - a] = getattr(libraries[p], name)[a:b]
+            row += b - a
+        return out
+
+    def per_song(name: str, dtype=None) -> np.ndarray:
+        values = [getattr(libraries[p], name)[i] for _, p, i in songs]
+        return np.array(values, dtype=dtype) if dtype is not None else np.array(values)
+
+    reference = libraries[0]
+    meta = {key: value for key, value in reference.meta.items() if key != SHARD_KEY}
+    meta.update(root=common, created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                merged_from=len(libraries))
+    merged = SongLibrary(
+        embeddings=windows("embeddings", np.float16),
+        window_start=windows("window_start", np.float32),
+        song_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        song_embeddings=np.stack([np.asarray(libraries[p].song_embeddings[i], dtype=np.float16)
+                                  for _, p, i in songs]),
+        titles=per_song("titles", str),
+        paths=np.array([relative for relative, _, _ in songs], dtype=str),
+        durations=per_song("durations", np.float32),
+        sha256=per_song("sha256", str),
+        meta=meta,
+    )
+    return merged, note
+
+
+def with_shard_record(library: SongLibrary, record: dict) -> SongLibrary:
+    """The same library marked as shard `record` (what a distributed build saves)."""
+    return dataclasses.replace(library, meta={**library.meta, SHARD_KEY: record})
