@@ -8,8 +8,11 @@ Measures, for one exported model directory:
 
 The 10,000-song library holds random unit vectors (the timing does not depend on their values) laid out as a
 real one: windows every 5 s over songs of 3-4 minutes, float16, the model's fingerprint, so the CLI accepts it.
+`--form compact` measures the compact form instead (`tivm-library compact`, int8 PCA codes, `--dims`): the
+phone-scale figures (file size, peak RSS, search time) of docs/benchmarks/library_compact.md.
 
-    .venv/bin/python benchmarks/recommend_scale.py --model MODEL_DIR [--songs 10000] [--json out.json]
+    .venv/bin/python benchmarks/recommend_scale.py --model MODEL_DIR [--songs 10000] [--form full|compact]
+        [--dims 128] [--json out.json]
 """
 
 from __future__ import annotations
@@ -48,16 +51,34 @@ finally:
 """
 
 
-def big_library(template_path: Path, out: Path, n_songs: int, seed: int = 0) -> dict:
+def big_library(template_path: Path, out: Path, n_songs: int, seed: int = 0, form: str = "full",
+                dims: int = 128) -> dict:
     """A library with n_songs songs of 180-240 s shaped like a real one, from a real library's metadata."""
     from tivm.runtime.library import SongLibrary
 
     template = SongLibrary.load(template_path)
+    library = synthetic_big_library(n_songs, meta=template.meta, seed=seed)
+    if form == "compact":
+        library = library.compacted(dims)
+    library.save(out)
+    return {"songs": n_songs, "windows": library.n_windows, "form": form,
+            "dims": dims if form == "compact" else library.dim, "file_mib": out.stat().st_size / 2**20}
+
+
+def synthetic_big_library(n_songs: int, meta: dict | None = None, fingerprint: str = "0" * 64, seed: int = 0):
+    """An in-memory full SongLibrary of n_songs random songs of 180-240 s, a window every 5 s; `meta` (a real
+    library's, so a model accepts it) or a minimal one recording `fingerprint`."""
+    from tivm.runtime.library import FORMAT, VERSION, SongLibrary
+
+    if meta is None:
+        meta = {"format": FORMAT, "version": VERSION, "model_fingerprint": fingerprint, "model_dir": "",
+                "root": "/synthetic", "hop_seconds": HOP_SECONDS, "window_seconds": WINDOW_SECONDS}
+    dim = 512
     rng = np.random.default_rng(seed)
     durations = rng.uniform(180, 240, n_songs).astype(np.float32)
     per_song = (np.floor((durations - WINDOW_SECONDS) / HOP_SECONDS) + 2).astype(np.int64)  # + the tail window
     offsets = np.concatenate([[0], np.cumsum(per_song)])
-    vectors = rng.standard_normal((int(offsets[-1]), template.dim)).astype(np.float32)
+    vectors = rng.standard_normal((int(offsets[-1]), dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     starts = np.concatenate([np.minimum(np.arange(k) * HOP_SECONDS, d - WINDOW_SECONDS)
                              for k, d in zip(per_song, durations)]).astype(np.float32)
@@ -67,17 +88,17 @@ def big_library(template_path: Path, out: Path, n_songs: int, seed: int = 0) -> 
     library = SongLibrary(
         embeddings=vectors.astype(np.float16), window_start=starts, song_offsets=offsets,
         song_embeddings=song_vectors.astype(np.float16), titles=names, paths=np.char.add(names, ".ogg"),
-        durations=durations, sha256=np.array([f"{i:064x}" for i in range(n_songs)]), meta=dict(template.meta))
-    library.save(out)
-    return {"songs": n_songs, "windows": int(offsets[-1]), "file_mib": out.stat().st_size / 2**20}
+        durations=durations, sha256=np.array([f"{i:064x}" for i in range(n_songs)]), meta=dict(meta))
+    return library
 
 
-def cold_cli(model: Path, library: Path, threads: int, repeats: int) -> dict:
+def cold_cli(model: Path, library: Path, threads: int, repeats: int, search: str = "auto") -> dict:
     walls, peaks = [], []
     for _ in range(repeats):
         started = time.time()
         done = subprocess.run([sys.executable, "-c", CLI_WITH_PEAK, str(started), str(CLIP), "--library",
-                               str(library), "--model", str(model), "--json", "--threads", str(threads)],
+                               str(library), "--model", str(model), "--json", "--threads", str(threads),
+                               "--search", search],
                               capture_output=True, text=True)
         walls.append(time.time() - started)
         if done.returncode != 0 or not done.stdout.strip():
@@ -86,11 +107,11 @@ def cold_cli(model: Path, library: Path, threads: int, repeats: int) -> dict:
     return {"wall_s": walls, "median_s": statistics.median(walls), "peak_rss_mib": max(peaks)}
 
 
-def warm_api(model: Path, library: Path, threads: int, runs: int) -> dict:
+def warm_api(model: Path, library: Path, threads: int, runs: int, search: str = "auto") -> dict:
     from tivm.runtime import Recommender
 
     started = time.perf_counter()
-    recommender = Recommender(model, library, intra_op_threads=threads)
+    recommender = Recommender(model, library, intra_op_threads=threads, search=search)
     load_s = time.perf_counter() - started
     times = []
     for _ in range(runs + 1):
@@ -140,6 +161,11 @@ def main() -> None:
     parser.add_argument("--songs", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--form", choices=("full", "compact"), default="full", help="the big library's form")
+    parser.add_argument("--dims", type=int, default=128, help="PCA dims of --form compact")
+    parser.add_argument("--search", default="auto", help="--search of tivm-recommend (auto, exact, compact, hnsw)")
+    parser.add_argument("--skip-build", action="store_true", help="no import/build timing (the big library still "
+                        "needs one small real library, built without timing)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if not CLIP.exists():
@@ -147,15 +173,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         small, big = Path(tmp) / "songs.npz", Path(tmp) / "big.npz"
         results = {"model": str(args.model), "threads": args.threads, "load_average": os.getloadavg()}
-        results["import"] = import_time()
-        print("import:", json.dumps(results["import"]), flush=True)
-        results["build"] = build_speed(args.model, small, args.threads)
-        print("library build on real songs:", json.dumps(results["build"]), flush=True)
-        results["library"] = big_library(small, big, args.songs)
+        if not args.skip_build:
+            results["import"] = import_time()
+            print("import:", json.dumps(results["import"]), flush=True)
+        build = build_speed(args.model, small, args.threads)
+        if not args.skip_build:
+            results["build"] = build
+            print("library build on real songs:", json.dumps(results["build"]), flush=True)
+        results["library"] = big_library(small, big, args.songs, form=args.form, dims=args.dims)
         print("big library:", json.dumps(results["library"]), flush=True)
-        results["cold_cli"] = cold_cli(args.model, big, args.threads, repeats=3)
+        results["cold_cli"] = cold_cli(args.model, big, args.threads, repeats=3, search=args.search)
         print("tivm-recommend, process start to result:", json.dumps(results["cold_cli"]), flush=True)
-        results["warm_api"] = warm_api(args.model, big, args.threads, args.runs)
+        results["warm_api"] = warm_api(args.model, big, args.threads, args.runs, search=args.search)
         print("Recommender in a live process:", json.dumps(results["warm_api"]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

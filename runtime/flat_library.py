@@ -75,7 +75,7 @@ def export_flat(library: SongLibrary, out_dir: str | os.PathLike, dtype: str = "
         vectors = files.enter_context(atomic_write(out_dir / EMBEDDINGS_NAME))
         scales = files.enter_context(atomic_write(out_dir / SCALES_NAME)) if dtype == "int8" else None
         for first in range(0, library.n_windows, CHUNK_ROWS):
-            rows = np.asarray(library.embeddings[first:first + CHUNK_ROWS], dtype=np.float32)
+            rows = library.window_vectors(first, first + CHUNK_ROWS)  # a compact library's rebuilt
             if scales is not None:
                 quantized, row_scales = quantize_rows(rows)
                 vectors.write(quantized.tobytes())

@@ -16,6 +16,22 @@ memory-mapped straight out of the zip):
 
 Songs shorter than one 0.96 s log-mel patch are skipped (AudioTooShortError); songs between one patch and
 one window give one window, loop-padded to 15 s by the model (a short song is usually a loop).
+
+The compact form (version 2, meta `form` "int8-pca"; `tivm-library build --form compact` or
+`tivm-library compact`) replaces `embeddings` by a PCA fitted on the library and int8 codes
+(tivm.runtime.compact), and stores the song vectors as int8 with a scale per song (the flat library's
+quantizer); everything else is the same:
+
+| member | dtype / shape | meaning |
+|---|---|---|
+| `codes` | int8 (W, d) | each window's d principal coordinates, divided by `component_scales`, int8 per row |
+| `row_scales` | float32 (W,) | row w's coordinates are codes[w] * row_scales[w] |
+| `pca_mean`, `pca_components` | float32 (D,), (D, d) | the PCA fitted on the library's windows |
+| `component_scales` | float32 (d,) | spread of each principal coordinate |
+| `song_embeddings`, `song_scales` | int8 (S, D), float32 (S,) | song vectors, int8 with a scale per song |
+
+`codes` is stored uncompressed (memory-mapped like `embeddings`); the text members are deflated, which
+matters at phone scale (fixed-width unicode is four bytes a character, padded to the longest entry).
 """
 
 from __future__ import annotations
@@ -24,13 +40,16 @@ import json
 import os
 import struct
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from tivm.runtime.compact import DEFAULT_DIMS, CompactWindows
+from tivm.runtime.compact import FORM as COMPACT_FORM
 from tivm.runtime.errors import LibraryError, MediaError, TivmError
 from tivm.runtime.files import atomic_write, check_output
 from tivm.runtime.manifest import file_sha256
@@ -38,7 +57,10 @@ from tivm.runtime.media import check_local_file, open_media
 from tivm.runtime.version import tivm_version
 
 FORMAT = "tivm-library"
-VERSION = 1
+VERSION = 1  # the full form; what tivm up to the compact form wrote, and still reads
+COMPACT_VERSION = 2  # the compact form: a tivm that reads only version 1 says "rebuild" instead of misreading
+VERSIONS = (VERSION, COMPACT_VERSION)
+FORMS = ("full", "compact")
 DEFAULT_HOP_SECONDS = 5.0
 AUDIO_EXTENSIONS = frozenset({
     ".aac", ".aif", ".aiff", ".ape", ".au", ".flac", ".m4a", ".mka", ".mp2", ".mp3", ".mpc", ".oga", ".ogg",
@@ -46,6 +68,10 @@ AUDIO_EXTENSIONS = frozenset({
 })
 ARRAYS = ("embeddings", "window_start", "song_offsets", "song_embeddings", "titles", "paths", "durations",
           "sha256", "meta")
+COMPACT_WINDOW_ARRAYS = ("codes", "row_scales", "pca_mean", "pca_components", "component_scales")
+COMPACT_ARRAYS = tuple(n for n in ARRAYS if n != "embeddings") + COMPACT_WINDOW_ARRAYS + ("song_scales",)
+STORED_UNCOMPRESSED = frozenset({"embeddings", "codes"})  # memory-mapped in place
+SONG_NORM_TOLERANCE = 0.02  # int8 song vectors: rounding moves the norm by well under 1 %
 ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... file name length, extra field length
 ZIP_LOCAL_SIGNATURE = b"PK\x03\x04"
 EMBEDDING_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
@@ -58,9 +84,12 @@ CHECK_CHUNK_ROWS = 1 << 16  # rows per finiteness/norm check: bounds the float32
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compare by identity
 class SongLibrary:
-    """An immutable song library; `embeddings` may be a read-only memory map."""
+    """An immutable song library; `embeddings` (or a compact library's codes) may be a read-only memory map.
 
-    embeddings: np.ndarray
+    A compact library has `embeddings` None and its windows in `compact`; `window_vectors` reads either.
+    """
+
+    embeddings: np.ndarray | None
     window_start: np.ndarray
     song_offsets: np.ndarray
     song_embeddings: np.ndarray
@@ -70,6 +99,8 @@ class SongLibrary:
     sha256: np.ndarray
     meta: dict
     source: Path | None = None  # the npz it was loaded from
+    compact: CompactWindows | None = None  # the compact form's windows (then `embeddings` is None)
+    song_scales: np.ndarray | None = None  # the compact form: song vector i is song_embeddings[i] * song_scales[i]
 
     @property
     def n_songs(self) -> int:
@@ -77,11 +108,47 @@ class SongLibrary:
 
     @property
     def n_windows(self) -> int:
-        return len(self.embeddings)
+        return len(self.window_start)
 
     @property
     def dim(self) -> int:
-        return int(self.embeddings.shape[1])
+        return int(self.song_embeddings.shape[1])
+
+    @property
+    def form(self) -> str:
+        """"full" (float16/float32 window vectors) or "compact" (int8 PCA codes)."""
+        return "compact" if self.compact is not None else "full"
+
+    @property
+    def windows(self) -> np.ndarray | CompactWindows:
+        """What the search reads: the window vectors, or a compact library's codes (tivm.runtime.search)."""
+        return self.compact if self.compact is not None else self.embeddings
+
+    def window_vectors(self, start: int, stop: int) -> np.ndarray:
+        """Windows start:stop as float32 (D,) vectors; a compact library's are rebuilt from their codes."""
+        if self.compact is not None:
+            return self.compact.decode(start, stop)
+        return np.asarray(self.embeddings[start:stop], dtype=np.float32)
+
+    def song_vectors(self) -> np.ndarray:
+        """(S, D) float32 whole-song vectors."""
+        vectors = np.asarray(self.song_embeddings, dtype=np.float32)
+        return vectors * self.song_scales[:, None] if self.song_scales is not None else vectors
+
+    def compacted(self, dims: int = DEFAULT_DIMS) -> "SongLibrary":
+        """This library in the compact form: a PCA to `dims` fitted on its windows, int8 codes (in memory)."""
+        from tivm.runtime.flat_library import quantize_rows
+
+        if self.compact is not None:
+            raise LibraryError(f"{self.source or 'library'}: already compact ({self.compact.dims} dims); "
+                               "compact the full library it was made from")
+        windows = CompactWindows.fit(self.embeddings, dims)
+        song_codes, song_scales = quantize_rows(self.song_embeddings)
+        meta = dict(self.meta, version=COMPACT_VERSION, form=COMPACT_FORM, compact_dims=int(dims))
+        return SongLibrary(embeddings=None, window_start=self.window_start, song_offsets=self.song_offsets,
+                           song_embeddings=song_codes, titles=self.titles, paths=self.paths,
+                           durations=self.durations, sha256=self.sha256, meta=meta, compact=windows,
+                           song_scales=song_scales)
 
     @property
     def model_fingerprint(self) -> str:
@@ -124,11 +191,26 @@ class SongLibrary:
                 f"{f' ({model_dir})' if model_dir else ''}; rebuild it with `tivm-library build --model`")
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically, uncompressed so `embeddings` stays memory-mappable."""
-        arrays = {name: getattr(self, name) for name in ARRAYS if name != "meta"}
-        arrays["meta"] = np.array(json.dumps(self.meta, sort_keys=True))
-        with atomic_write(path) as f:
-            np.savez(f, **arrays)
+        """Write atomically; the full form uncompressed so `embeddings` stays memory-mappable, the compact
+        form with its codes stored and the rest deflated."""
+        meta = np.array(json.dumps(self.meta, sort_keys=True))
+        if self.compact is None:
+            arrays = {name: getattr(self, name) for name in ARRAYS if name != "meta"}
+            with atomic_write(path) as f:
+                np.savez(f, **arrays, meta=meta)
+            return Path(path)
+        arrays = {name: getattr(self, name) for name in COMPACT_ARRAYS
+                  if name not in COMPACT_WINDOW_ARRAYS and name != "meta"}
+        c = self.compact
+        arrays.update(codes=c.codes, row_scales=c.row_scales, pca_mean=c.mean, pca_components=c.components,
+                      component_scales=c.component_scales, meta=meta)
+        with atomic_write(path) as f, zipfile.ZipFile(f, "w", allowZip64=True) as archive:
+            for name, array in arrays.items():
+                compression = zipfile.ZIP_STORED if name in STORED_UNCOMPRESSED else zipfile.ZIP_DEFLATED
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = compression
+                with archive.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
         return Path(path)
 
     @classmethod
@@ -141,23 +223,40 @@ class SongLibrary:
             raise LibraryError(f"{path}: corrupt or not a tivm library (not a readable .npz archive)")
         try:
             with np.load(path, allow_pickle=False) as npz:
-                missing = [n for n in ARRAYS if n not in npz.files]
+                if "meta" not in npz.files:
+                    raise LibraryError(f"{path}: not a tivm library (missing meta)")
+                meta = npz["meta"]
+                if not isinstance(meta, np.ndarray):
+                    raise ValueError("member meta is not an .npy array")
+                meta = _read_meta(meta)
+                problems = _meta_problems(meta)
+                if problems and (problems[0].startswith("not a tivm library")
+                                 or problems[0].startswith("library version")):
+                    raise LibraryError(f"{path}: {problems[0]}")
+                names = COMPACT_ARRAYS if _is_compact_meta(meta) else ARRAYS
+                missing = [n for n in names if n not in npz.files]
                 if missing:
                     raise LibraryError(f"{path}: not a tivm library (missing {', '.join(missing)})")
-                arrays = {n: npz[n] for n in ARRAYS if n != "embeddings" or not mmap}
+                mapped = STORED_UNCOMPRESSED if mmap else frozenset()
+                arrays = {n: npz[n] for n in names if n not in mapped and n != "meta"}
             not_npy = [n for n, a in arrays.items() if not isinstance(a, np.ndarray)]
             if not_npy:  # np.load hands back the raw bytes of a member without an .npy header
                 raise ValueError(f"member {not_npy[0]} is not an .npy array")
-            if mmap:
-                arrays["embeddings"] = _mmap_member(path, "embeddings")
-            meta = _read_meta(arrays.pop("meta"))
+            for name in mapped & set(names):
+                arrays[name] = _mmap_member(path, name)
         except LibraryError:
             raise
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise LibraryError(f"{path}: corrupt or not a tivm library ({type(exc).__name__}: {exc})") from None
         for array in arrays.values():
             array.flags.writeable = False  # shared between threads: nobody may change it in place
-        library = cls(meta=meta, source=path, **arrays)
+        if _is_compact_meta(meta):
+            compact = CompactWindows(codes=arrays.pop("codes"), row_scales=arrays.pop("row_scales"),
+                                     mean=arrays.pop("pca_mean"), components=arrays.pop("pca_components"),
+                                     component_scales=arrays.pop("component_scales"))
+            library = cls(embeddings=None, meta=meta, source=path, compact=compact, **arrays)
+        else:
+            library = cls(meta=meta, source=path, **arrays)
         library.validate()
         return library
 
@@ -204,12 +303,19 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
+def _is_compact_meta(meta: dict) -> bool:
+    return meta.get("version") == COMPACT_VERSION
+
+
 def _meta_problems(meta) -> list[str]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         return [f"not a tivm library (format is not {FORMAT!r})"]
-    if meta.get("version") != VERSION:
-        return [f"library version {meta.get('version')!r} is not supported (this tivm reads {VERSION}); "
-                "rebuild it"]
+    if meta.get("version") not in VERSIONS:
+        return [f"library version {meta.get('version')!r} is not supported (this tivm reads "
+                f"{' and '.join(map(str, VERSIONS))}); rebuild it"]
+    if _is_compact_meta(meta) and meta.get("form") != COMPACT_FORM:  # a later compact form, or not tivm's
+        return [f"library version {COMPACT_VERSION} form {meta.get('form')!r} is not supported (this tivm reads "
+                f"{COMPACT_FORM!r}); rebuild it"]
     problems = []
     fingerprint = meta.get("model_fingerprint")
     if not (isinstance(fingerprint, str) and len(fingerprint) == 64
@@ -228,18 +334,70 @@ def _meta_problems(meta) -> list[str]:
 def _array_problems(library: "SongLibrary") -> list[str]:
     """Types and shapes first (cheap), then values; stops at the first failing group so a wrong shape is
     reported as such, not as the errors it would cause further down."""
-    emb, starts, offsets = library.embeddings, library.window_start, library.song_offsets
-    song_emb, durations = library.song_embeddings, library.durations
-    text = {name: getattr(library, name) for name in ("titles", "paths", "sha256")}
+    if library.compact is not None:
+        return _compact_problems(library)
+    emb, song_emb = library.embeddings, library.song_embeddings
     types = [
         (emb.ndim == 2 and emb.dtype in EMBEDDING_DTYPES and emb.shape[0] > 0 and emb.shape[1] > 0,
          f"embeddings is {emb.dtype} {emb.shape}, expected 2-d float16/float32 with rows"),
+        (song_emb.ndim == 2 and song_emb.dtype in EMBEDDING_DTYPES, f"song_embeddings is {song_emb.dtype} "
+         f"{song_emb.shape}, expected 2-d float16/float32"),
+    ]
+    problems = [message for ok, message in types if not ok] or _common_problems(library, len(emb))
+    if problems:
+        return problems
+    if song_emb.shape[1] != emb.shape[1]:
+        return ["song_embeddings and embeddings differ in dimension"]
+    problems = _value_problems(library)
+    if problems:
+        return problems
+    return [f"{name}: {problem}" for name, problem in
+            (("embeddings", _unit_rows_problem(emb)), ("song_embeddings", _unit_rows_problem(song_emb)))
+            if problem] + _path_problems(library)
+
+
+def _compact_problems(library: "SongLibrary") -> list[str]:
+    """The compact form: its codes and PCA (tivm.runtime.compact), int8 song vectors, then what both share."""
+    song_emb, song_scales = library.song_embeddings, library.song_scales
+    problems = library.compact.problems()
+    if problems:
+        return problems
+    types = [
+        (song_emb.ndim == 2 and song_emb.dtype == np.int8, f"song_embeddings is {song_emb.dtype} "
+         f"{song_emb.shape}, expected 2-d int8 in a compact library"),
+        (song_scales is not None and song_scales.ndim == 1 and song_scales.dtype == np.float32,
+         "song_scales is not 1-d float32"),
+    ]
+    problems = [message for ok, message in types if not ok] or _common_problems(library, len(library.compact))
+    if problems:
+        return problems
+    if len(song_scales) != library.n_songs:
+        return ["per-song arrays differ in length"]
+    if song_emb.shape[1] != library.compact.dim:
+        return ["song_embeddings and the PCA differ in dimension"]
+    if library.meta.get("compact_dims") != library.compact.dims:
+        return [f"meta.compact_dims is {library.meta.get('compact_dims')!r}, the codes have {library.compact.dims}"]
+    problems = _value_problems(library)
+    if problems:
+        return problems
+    norms = np.linalg.norm(library.song_vectors(), axis=1)
+    bad = np.flatnonzero(~(np.abs(norms - 1.0) <= SONG_NORM_TOLERANCE))
+    if len(bad):
+        problems.append(f"song_embeddings: row {int(bad[0])} has norm {norms[bad[0]]:.4g} (expected unit-length "
+                        "vectors)")
+    return problems + _path_problems(library)
+
+
+def _common_problems(library: "SongLibrary", n_windows: int) -> list[str]:
+    """Types and shapes of what both forms hold besides the window vectors."""
+    starts, offsets = library.window_start, library.song_offsets
+    song_emb, durations = library.song_embeddings, library.durations
+    text = {name: getattr(library, name) for name in ("titles", "paths", "sha256")}
+    types = [
         (starts.ndim == 1 and starts.dtype.kind == "f", f"window_start is {starts.dtype} {starts.shape}, "
          "expected 1-d float"),
         (offsets.ndim == 1 and offsets.dtype.kind in "iu", f"song_offsets is {offsets.dtype} {offsets.shape}, "
          "expected 1-d integer"),
-        (song_emb.ndim == 2 and song_emb.dtype in EMBEDDING_DTYPES, f"song_embeddings is {song_emb.dtype} "
-         f"{song_emb.shape}, expected 2-d float16/float32"),
         (durations.ndim == 1 and durations.dtype.kind == "f", f"durations is {durations.dtype} {durations.shape}, "
          "expected 1-d float"),
     ] + [(a.ndim == 1 and a.dtype.kind == "U", f"{name} is {a.dtype} {a.shape}, expected 1-d text")
@@ -247,17 +405,20 @@ def _array_problems(library: "SongLibrary") -> list[str]:
     problems = [message for ok, message in types if not ok]
     if problems:
         return problems
-    s, w = len(library.titles), len(emb)
+    s, w = len(library.titles), n_windows
     shapes = [
         (len(offsets) == s + 1, "song_offsets length is not songs + 1"),
-        (len(starts) == w, "window_start length differs from embeddings"),
+        (len(starts) == w, f"window_start length differs from {'embeddings' if library.compact is None else 'codes'}"),
         (all(len(a) == s for a in (library.paths, durations, library.sha256, song_emb)),
          "per-song arrays differ in length"),
-        (song_emb.shape[1] == emb.shape[1], "song_embeddings and embeddings differ in dimension"),
     ]
-    problems = [message for ok, message in shapes if not ok]
-    if problems:
-        return problems
+    return [message for ok, message in shapes if not ok]
+
+
+def _value_problems(library: "SongLibrary") -> list[str]:
+    """Offsets, durations and starts: the values both forms rely on."""
+    starts, offsets, durations = library.window_start, library.song_offsets, library.durations
+    s, w = library.n_songs, library.n_windows
     if offsets[0] != 0 or offsets[-1] != w:
         return ["song_offsets do not span the windows"]
     if np.any(np.diff(offsets) < 1):
@@ -269,13 +430,12 @@ def _array_problems(library: "SongLibrary") -> list[str]:
     song_of_window = np.repeat(np.arange(s), np.diff(offsets))
     if np.any(starts > durations[song_of_window] + START_TOLERANCE_SECONDS):
         return ["a window starts after the end of its song"]
-    problems = [f"{name}: {problem}" for name, problem in
-                (("embeddings", _unit_rows_problem(emb)), ("song_embeddings", _unit_rows_problem(song_emb)))
-                if problem]
+    return []
+
+
+def _path_problems(library: "SongLibrary") -> list[str]:
     bad = [str(p) for p in library.paths if not _is_plain_relative(str(p))]
-    if bad:
-        problems.append(f"paths must be relative and stay inside the songs folder, got {bad[0]!r}")
-    return problems
+    return [f"paths must be relative and stay inside the songs folder, got {bad[0]!r}"] if bad else []
 
 
 def _unit_rows_problem(matrix: np.ndarray) -> str | None:
@@ -350,17 +510,28 @@ def read_title(path: str | os.PathLike) -> str:
 
 def build_library(songs_dir: str | os.PathLike, model, output: str | os.PathLike, *,
                   hop_seconds: float = DEFAULT_HOP_SECONDS, update: bool = False, progress: bool = True,
-                  on_failure: Callable[[str, str], None] | None = None) -> BuildReport:
+                  on_failure: Callable[[str, str], None] | None = None, form: str = "full",
+                  compact_dims: int = DEFAULT_DIMS) -> BuildReport:
     """Embed every song under `songs_dir` with `model` and write the library to `output` atomically.
 
     `update=True` keeps the windows of songs whose content hash is unchanged (when the existing library was
     built with the same model and hop) and drops songs that are gone. Songs that fail are reported and skipped.
+    `form="compact"` writes the compact form (`compact_dims` PCA dims, int8; see the module docstring).
+    A second build to the same output while one runs fails at once (LibraryError), whatever the form.
     """
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     root = Path(songs_dir).resolve()
     check_output(output, what="library", replaceable=is_library)
+    with output_lock(output):
+        return _build(root, model, Path(output), hop_seconds, update, progress, on_failure, form, compact_dims)
+
+
+def _build(root: Path, model, output: Path, hop_seconds: float, update: bool, progress: bool,
+           on_failure, form: str, compact_dims: int) -> BuildReport:
     files, others = scan_songs(root)
     report = BuildReport(ignored=[str(p.relative_to(root)) for p in others])
-    previous, report.note = _previous_songs(Path(output), model, hop_seconds) if update else ({}, "")
+    previous, report.note = _previous_songs(output, model, hop_seconds, form) if update else ({}, "")
     songs: list[_Song] = []
     for path in _progress(files, progress):
         relative = str(path.relative_to(root))
@@ -384,9 +555,49 @@ def build_library(songs_dir: str | os.PathLike, model, output: str | os.PathLike
         raise LibraryError(f"{root}: no song could be embedded ({len(report.failed)} failed, "
                            f"{len(report.ignored)} other files)")
     library = _assemble(songs, model, root, hop_seconds)
+    if form == "compact":
+        library = library.compacted(compact_dims)
     library.save(output)
     report.library = SongLibrary.load(output)
     return report
+
+
+@contextmanager
+def output_lock(output: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on `output` while a library is made for it; LibraryError if another holds it.
+
+    Atomic writes already keep every reader's library whole; the lock makes the second of two builds to the
+    same file fail at once with a clear message instead of running for hours and then silently replacing
+    the first one's result. The lock is an OS lock on a hidden file beside the output (released by the
+    OS if the process dies); where the platform has no `fcntl` only the atomic write protects.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks through fcntl
+        yield
+        return
+    output = Path(output)
+    lock_path = output.parent / f".{output.name}.lock"
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise LibraryError(f"{output}: another build is writing this library now; wait for it to finish "
+                               "(or write to another file)") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder before us removed the file between our open and lock: lock the new one
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def _progress(items: list, enabled: bool) -> Iterable:
@@ -407,11 +618,16 @@ def _reused(song: _Song, relative: str, path: Path) -> _Song:
     return _Song(relative, title, song.duration, song.sha256, song.starts, song.vectors)
 
 
-def _previous_songs(output: Path, model, hop_seconds: float) -> tuple[dict[str, _Song], str]:
-    """Songs of an existing library to reuse, by content hash; none if model or hop changed."""
+def _previous_songs(output: Path, model, hop_seconds: float, form: str) -> tuple[dict[str, _Song], str]:
+    """Songs of an existing library to reuse, by content hash; none if model or hop changed, or if the
+    output is to be full and the existing one is compact (its windows are approximations: a full library
+    made of them would claim a precision it does not have). A compact library reuses a compact one's
+    windows as rebuilt from their codes, re-fitted and re-coded with the new songs."""
     if not output.exists():
         return {}, f"{output} does not exist yet: embedding every song"
     library = SongLibrary.load(output, mmap=False)
+    if library.form == "compact" and form == "full":
+        return {}, f"{output} is a compact library and the build writes a full one: re-embedding every song"
     if library.model_fingerprint != model.fingerprint:
         return {}, f"{output} was built with another model: re-embedding every song"
     if float(library.meta.get("hop_seconds", -1)) != float(hop_seconds):
@@ -421,7 +637,8 @@ def _previous_songs(output: Path, model, hop_seconds: float) -> tuple[dict[str, 
         rows = slice(library.song_offsets[i], library.song_offsets[i + 1])
         songs[str(library.sha256[i])] = _Song(str(library.paths[i]), str(library.titles[i]),
                                               float(library.durations[i]), str(library.sha256[i]),
-                                              library.window_start[rows], library.embeddings[rows])
+                                              library.window_start[rows],
+                                              library.window_vectors(rows.start, rows.stop))
     return songs, ""
 
 

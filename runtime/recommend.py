@@ -96,7 +96,7 @@ class Recommender:
             self.model = Model.load(resolve_model_dir(self.library, model_dir), intra_op_threads=intra_op_threads,
                                     providers=providers, branches=("video",))
         self.library.check_model(self.model.fingerprint, self.model.model_dir)
-        self.search = make_search(self.library.embeddings, self.library.song_offsets, search,
+        self.search = make_search(self.library.windows, self.library.song_offsets, search,
                                   **_index_cache(self.library))
 
     def embed_video(self, video) -> WindowEmbeddings:

@@ -1,9 +1,11 @@
-"""Scoring songs against a query: exact numpy search over all windows, or an approximate FAISS index.
+"""Scoring songs against a query: exact numpy search over all windows, the compact library's int8 scan, or
+an approximate FAISS index.
 
 A song's score is its best-matching window's cosine similarity (embeddings are L2-normalised, so the dot
-product). Exact search streams the (possibly memory-mapped, float16) window matrix in chunks; the FAISS
-index (optional extra `ann`, imported only when used) retrieves the top windows and scores each song by
-its best retrieved window, so a song with no window among them is left out.
+product). Exact search streams the (possibly memory-mapped, float16) window matrix in chunks; compact search
+(tivm.runtime.compact) scans a compact library's int8 PCA codes a block at a time, never a float32 copy;
+the FAISS index (optional extra `ann`, imported only when used) retrieves the top windows and scores each
+song by its best retrieved window, so a song with no window among them is left out.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tivm.runtime.compact import DEFAULT_DIMS, CompactWindows
 from tivm.runtime.files import atomic_path, write_text
 
 # Converting float16 to float32 costs more than the product itself, so a library up to this size is converted
@@ -83,6 +86,21 @@ class ExactSearch:
 
     def top_songs(self, query: np.ndarray, k: int) -> SongHits:
         best, rows = best_window_per_song(window_scores(self.embeddings, query), self.song_offsets)
+        order = top_k(best, k)
+        return SongHits(order, best[order], rows[order])
+
+
+class CompactSearch:
+    """Every window of a compact library scored from its int8 PCA codes (tivm.runtime.compact)."""
+
+    name = "compact"
+
+    def __init__(self, windows: CompactWindows, song_offsets: np.ndarray):
+        self.windows = windows
+        self.song_offsets = np.asarray(song_offsets)
+
+    def top_songs(self, query: np.ndarray, k: int) -> SongHits:
+        best, rows = best_window_per_song(self.windows.window_scores(query), self.song_offsets)
         order = top_k(best, k)
         return SongHits(order, best[order], rows[order])
 
@@ -161,13 +179,30 @@ def exact_fits(embeddings: np.ndarray) -> bool:
     return embeddings.shape[0] * embeddings.shape[1] * 4 <= FLOAT32_COPY_MAX_BYTES
 
 
-def make_search(embeddings: np.ndarray, song_offsets: np.ndarray, method: str = "auto", *,
+METHODS = ("auto", "exact", "compact", "hnsw")
+
+
+def make_search(embeddings: np.ndarray | CompactWindows, song_offsets: np.ndarray, method: str = "auto", *,
                 index_path: Path | None = None, index_key: dict | None = None):
-    """"exact", "hnsw", or "auto": exact while its float32 copy fits FLOAT32_COPY_MAX_BYTES (about 520k
-    windows at 512-d), else HNSW when faiss-cpu is installed (else exact, streaming float16).
+    """The search for a library's windows: `embeddings` (W, D) of a full library, or a compact library's
+    CompactWindows.
+
+    A compact library is searched by its codes ("auto" or "compact"); exact and HNSW need the full vectors,
+    which it no longer holds. For a full library: "exact", "hnsw", "compact" (fits the PCA and encodes every
+    window when called: seconds per 100k windows), or "auto": exact while its float32 copy fits
+    FLOAT32_COPY_MAX_BYTES (about 520k windows at 512-d), else HNSW when faiss-cpu is installed (else exact,
+    streaming float16).
 
     With `index_path` (and `index_key` saying which library it is), the HNSW index is cached there.
     """
+    if method not in METHODS:
+        raise ValueError(f"search method must be one of {', '.join(METHODS)}, got {method!r}")
+    if isinstance(embeddings, CompactWindows):
+        if method in ("auto", "compact"):
+            return CompactSearch(embeddings, song_offsets)
+        raise ValueError(f"--search {method} needs the full window vectors, and this is a compact library "
+                         f"({embeddings.dims}-d int8 codes); search it with --search compact, or use the full "
+                         "library it was made from")
     if method == "auto":
         method = "exact"
         if not exact_fits(embeddings):
@@ -178,8 +213,8 @@ def make_search(embeddings: np.ndarray, song_offsets: np.ndarray, method: str = 
                 pass
     if method == "exact":
         return ExactSearch(embeddings, song_offsets)
-    if method == "hnsw":
-        if index_path is not None:
-            return FaissSearch.cached(embeddings, song_offsets, Path(index_path), index_key or {})
-        return FaissSearch(embeddings, song_offsets)
-    raise ValueError(f"search method must be 'auto', 'exact' or 'hnsw', got {method!r}")
+    if method == "compact":
+        return CompactSearch(CompactWindows.fit(embeddings, min(DEFAULT_DIMS, embeddings.shape[1])), song_offsets)
+    if index_path is not None:
+        return FaissSearch.cached(embeddings, song_offsets, Path(index_path), index_key or {})
+    return FaissSearch(embeddings, song_offsets)

@@ -1,5 +1,6 @@
-"""`tivm-library build | info | export`: embed a folder of songs into a library, show what a library holds,
-or write it as flat arrays for apps without numpy."""
+"""`tivm-library build | compact | info | export`: embed a folder of songs into a library, turn a library
+into the compact form (for phones), show what a library holds, or write it as flat arrays for apps without
+numpy."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tivm.runtime.cli.common import check_hop, check_threads, fail, printable, r
 from tivm.runtime.errors import TivmError
 
 MODEL_ENV = "TIVM_MODEL"
+DEFAULT_COMPACT_DIMS = 128  # tivm.runtime.compact.DEFAULT_DIMS, without importing numpy to show --help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -27,19 +29,26 @@ def build(
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads",
                                           callback=check_threads),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    form: str = typer.Option("full", "--form", help="full (float16 windows, exact search) or compact (int8 PCA "
+                             "codes: about a seventh of the size, for phones; see docs/runtime.md)"),
+    dims: int = typer.Option(DEFAULT_COMPACT_DIMS, "--dims", help="PCA dimensions kept by --form compact"),
 ) -> None:
     from tivm.runtime.files import check_output
-    from tivm.runtime.library import build_library, is_library
+    from tivm.runtime.library import FORMS, build_library, is_library
     from tivm.runtime.model import Model
 
+    if form not in FORMS:
+        fail(f"--form: must be one of {', '.join(FORMS)}, got {form!r}")
     model_dir = model or os.environ.get(MODEL_ENV)
     if not model_dir:
         fail(f"pass --model or set ${MODEL_ENV}")
     try:
         check_output(output, what="library", replaceable=is_library)  # before minutes of embedding
         loaded = Model.load(model_dir, intra_op_threads=threads)
+        if form == "compact":
+            _check_dims(dims, loaded.embedding_dim)
         report = build_library(songs_dir, loaded, output, hop_seconds=hop, update=update, progress=not quiet,
-                               on_failure=_report_failure)
+                               on_failure=_report_failure, form=form, compact_dims=dims)
     except TivmError as exc:
         fail(exc)
     if report.note:
@@ -61,9 +70,60 @@ def _report_failure(path: str, message: str) -> None:
     tqdm.write(f"skipped: {printable(message)}", file=sys.stderr)  # above the progress bar, not through it
 
 
+def _check_dims(dims: int, embedding_dim: int) -> None:
+    from tivm.runtime.compact import MIN_DIMS
+
+    if not MIN_DIMS <= dims <= embedding_dim:
+        fail(f"--dims: must be between {MIN_DIMS} and {embedding_dim} (the embedding dimension), got {dims}")
+
+
+@app.command()
+def compact(
+    library: Path = typer.Argument(..., help="full library file (.npz) from `tivm-library build`"),
+    output: Path = typer.Option(..., "--output", "-o", help="compact library file to write (.npz)"),
+    dims: int = typer.Option(DEFAULT_COMPACT_DIMS, "--dims", help="PCA dimensions to keep"),
+) -> None:
+    """Write a library in the compact form: a PCA fitted on its windows and int8 codes (for phones).
+
+    Searched without a float32 copy; scores move by a few thousandths (docs/benchmarks/library_compact.md).
+    """
+    from tivm.runtime.files import check_output
+    from tivm.runtime.library import SongLibrary, is_library, output_lock
+
+    try:
+        check_output(output, what="library", inputs=[library], replaceable=is_library)
+        full = SongLibrary.load(library)
+        if full.form == "full":  # a compact one is refused by compacted(), saying so
+            _check_dims(dims, full.dim)
+        with output_lock(output):
+            full.compacted(dims).save(output)
+        written = SongLibrary.load(output)
+    except TivmError as exc:
+        fail(exc)
+    typer.echo(f"{printable(output)}: compact library, {written.n_songs} songs, {written.n_windows} windows, "
+               f"{dims} of {written.dim} dims, {_mib(output.stat().st_size)} (was {_mib(library.stat().st_size)})")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+def search_cost(lib) -> str:
+    """What one query costs: bytes scanned and multiply-adds (no timing: that depends on the machine)."""
+    windows = lib.n_windows
+    if lib.compact is not None:
+        c = lib.compact
+        return (f"compact scan: {_mib(c.nbytes)} of int8 codes, {windows * c.dims / 1e6:.1f} M multiply-adds "
+                f"per query, no float32 copy")
+    item = lib.embeddings.dtype.itemsize
+    return (f"exact: {windows * lib.dim / 1e6:.1f} M multiply-adds per query over {_mib(windows * lib.dim * 4)} "
+            f"of float32 (a copy held in memory up to 1 GiB, else {_mib(windows * lib.dim * item)} streamed); "
+            "`tivm-library compact` makes the phone-sized form")
+
+
 @app.command()
 def info(library: Path = typer.Argument(..., help="library file (.npz)")) -> None:
-    """Print what a library holds."""
+    """Print what a library holds: its form, size on disk and what a search over it costs."""
     from tivm.runtime.library import SongLibrary
 
     try:
@@ -71,7 +131,12 @@ def info(library: Path = typer.Argument(..., help="library file (.npz)")) -> Non
     except TivmError as exc:
         fail(exc)
     meta = lib.meta
+    if lib.compact is not None:
+        form = f"compact (int8 PCA, {lib.compact.dims} of {lib.dim} dims; library version {meta.get('version')})"
+    else:
+        form = f"full ({lib.embeddings.dtype} windows; library version {meta.get('version')})"
     rows = [
+        ("form", form), ("size on disk", _mib(library.stat().st_size)), ("search cost", search_cost(lib)),
         ("songs", lib.n_songs), ("windows", lib.n_windows), ("embedding dim", lib.dim),
         ("window / hop", f"{meta.get('window_seconds')} s / {meta.get('hop_seconds')} s"),
         ("total audio", f"{float(lib.durations.sum()) / 60:.1f} min"),

@@ -28,7 +28,8 @@ def recommend(
     as_json: bool = typer.Option(False, "--json", help="print JSON for programs instead of a table"),
     preview: Optional[Path] = typer.Option(
         None, "--preview", help="write the clip with the top song's segment as its soundtrack (.mp4)"),
-    search: str = typer.Option("auto", "--search", help="auto | exact | hnsw (approximate, needs faiss-cpu)"),
+    search: str = typer.Option("auto", "--search", help="auto (a compact library: its int8 scan; a full one: "
+                               "exact) | exact | compact | hnsw (approximate, needs faiss-cpu)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads",
                                           callback=check_threads),
 ) -> None:
