@@ -104,7 +104,8 @@ def distributed(songs: Path, model_dir: Path, work: Path, workers: int, address:
     merge_seconds = time.perf_counter() - started
     return {"what": "ray", "workers": workers, "seconds": seconds, "ray_init_s": ray_init, "merge_s": merge_seconds,
             "songs": len(report.embedded), "failed": len(report.failed), "shards": report.shard_count,
-            "library_songs": merged.library.n_songs, **_rates(n_songs, audio_seconds, seconds, workers)}
+            "library_songs": merged.library.n_songs, "songs_per_worker": report.songs_per_worker,
+            **_rates(n_songs, audio_seconds, seconds, workers)}
 
 
 def _rates(n_songs: int, audio_seconds: float, seconds: float, workers: int) -> dict:

@@ -57,6 +57,7 @@ from tivm.runtime.shards import (
 
 INSTALL_HINT = "pip install 'tivm[distributed]'"
 SONGS_PER_SHARD = 1000  # default shard size: a shard is a unit of resumption and of driver memory
+SONGS_PER_BLOCK = 100  # Ray Data block size: songs take seconds each, so scheduling overhead is negligible
 ENGINES = ("ray", "local")
 LOCK_NAME = "shards"  # the lock file is .shards.lock in the shards folder
 
@@ -73,6 +74,7 @@ class DistributedReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    songs_per_worker: dict[str, int] = field(default_factory=dict)  # "host:pid" -> songs it handled
 
     @property
     def shard_files(self) -> list[Path]:
@@ -108,7 +110,7 @@ class SongEmbedder:
         from tivm.runtime.media import check_local_file
 
         row = dict.fromkeys(_ROW_FIELDS, "")
-        row.update(relative=relative, duration=0.0, dim=0, starts=b"", vectors=b"")
+        row.update(relative=relative, duration=0.0, dim=0, starts=b"", vectors=b"", worker=f"{_host()}:{os.getpid()}")
         if self.problem:
             row.update(status="fatal", error=self.problem)
             return row
@@ -130,7 +132,7 @@ class SongEmbedder:
         return row
 
 
-_ROW_FIELDS = ("relative", "status", "error", "sha256", "title", "duration", "dim", "starts", "vectors")
+_ROW_FIELDS = ("relative", "status", "error", "sha256", "title", "duration", "dim", "starts", "vectors", "worker")
 
 
 def _host() -> str:
@@ -264,6 +266,8 @@ def _run(plans, root: Path, model, shards_dir: Path, count: int, hop_seconds: fl
             raise ModelError(str(row["error"]))
         state = pending[index]
         state["rows"][relative] = row
+        worker = str(row["worker"])
+        report.songs_per_worker[worker] = report.songs_per_worker.get(worker, 0) + 1
         if status == "failed":
             report.failed.append((relative, str(row["error"])))
             if on_failure:
@@ -293,6 +297,8 @@ def _ray_rows(rows: list[dict], embedder_arguments: dict, workers: int, address:
               quiet: bool, shards_dir: Path) -> Iterator[dict]:
     ray = _import_ray()  # with ray.data, or a TivmError saying how to install it
     started = not ray.is_initialized()
+    if quiet:  # Ray Data logs each execution at INFO; a quiet build prints only its own lines
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     if started:
         ray.init(address=address, num_cpus=workers if address is None else None, include_dashboard=False,
                  logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet)
@@ -301,7 +307,10 @@ def _ray_rows(rows: list[dict], embedder_arguments: dict, workers: int, address:
         # shards finish one after another, so the driver holds about one shard's windows, not the catalogue's
         context.execution_options.preserve_order = True
         context.enable_progress_bars = not quiet
-        dataset = ray.data.from_items(rows).map_batches(
+        # blocks of about SONGS_PER_BLOCK songs, at least a few per worker: a block goes to one actor whole,
+        # so large blocks would leave workers idle at the end of a build
+        blocks = min(len(rows), max(4 * workers, -(-len(rows) // SONGS_PER_BLOCK)))
+        dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             SongEmbedder, batch_size=batch_size, batch_format="numpy", num_cpus=1,
             compute=ray.data.ActorPoolStrategy(size=workers), fn_constructor_kwargs=embedder_arguments)
         yield from dataset.iter_rows()

@@ -4,6 +4,7 @@ time (that part runs without Ray installed)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -44,6 +45,9 @@ def test_ray_build_gives_the_in_process_shards(local_ray, sharded, songs_dir, mo
     assert sorted(report.embedded) == sorted(local_report.embedded)
     assert failures == ["not audio.ogg"] and "not audio.ogg" in report.failed[0][1]
     assert [p.name for p in report.shard_files] == [p.name for p in local_report.shard_files]
+    # every song went through one of the pool's actors (other processes than this one)
+    assert sum(report.songs_per_worker.values()) == 5 and 1 <= len(report.songs_per_worker) <= 2
+    assert all(not w.endswith(f":{os.getpid()}") for w in report.songs_per_worker)
     for ray_file, local_file in zip(report.shard_files, local_report.shard_files):
         ray_shard, local_shard = SongLibrary.load(ray_file), SongLibrary.load(local_file)
         assert list(ray_shard.paths) == list(local_shard.paths)
