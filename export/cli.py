@@ -61,6 +61,9 @@ def export(
     threads: int = typer.Option(DEFAULT_THREADS, "--threads", min=1, help="CPU threads (torch and onnxruntime)"),
     json_report: Optional[Path] = typer.Option(None, "--json", help="write the export report here"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+    no_stream_split: bool = typer.Option(
+        False, "--no-stream-split", help="full video branch: do not ship the per-frame split (video.window.onnx) "
+        "that lets the runtime hide the backbone behind decoding"),
 ) -> None:
     """Export a trained checkpoint as audio.onnx + video.onnx + manifest.json, validated against PyTorch."""
     from tivm.export.mobile import MobileError
@@ -82,7 +85,7 @@ def export(
         vggish_postprocess=vggish_postprocess, weights_dir=_str(weights_dir), download=not no_download,
         calibration=_str(calibration),
         num_calibration=num_calibration, num_validation=num_validation, min_cosine=min_cosine, threads=threads,
-        progress=not quiet)
+        progress=not quiet, stream_split=not no_stream_split)
     try:
         report = export_model(checkpoint, output, options)
     except ExportFailed as failure:

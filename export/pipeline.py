@@ -11,6 +11,7 @@ graphs, golden vectors and mobile files in the staging folder (tivm.export.raw.m
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import shutil
@@ -25,7 +26,7 @@ from tivm.export import calibration as calib
 from tivm.export import golden as golden_vectors
 from tivm.export import mobile as mobile_package
 from tivm.export import quantize as quant
-from tivm.export import validate
+from tivm.export import streaming, validate
 from tivm.export.branches import (
     BRANCH_NAMES,
     DEFAULT_CLIP_SECONDS,
@@ -44,6 +45,7 @@ from tivm.train.checkpoint import load_checkpoint
 DEFAULT_NUM_CALIBRATION = 8  # 15 s windows: 120 frames / patches
 DEFAULT_NUM_VALIDATION = 4
 DEFAULT_THREADS = 2
+VALIDATION_SPLIT_WINDOWS = 2  # windows run frame by frame to check the streaming split (it is exact: cheap proof)
 REPORT_FORMAT = "tivm-export-report"
 RAW = "raw"  # branch kind: a full branch with its front-end graph in front (tivm.export.raw)
 # what a raw export adds beside the ONNX files, each recognised by the file that marks it as ours
@@ -72,6 +74,7 @@ class ExportOptions:
     threads: int = DEFAULT_THREADS
     progress: bool = True
     exporter: str = "dynamo"
+    stream_split: bool = True  # full video branches: also ship the per-frame split (tivm.export.streaming)
 
 
 @dataclass
@@ -312,6 +315,9 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
             audio=branch_manifest(results["audio"], record), video=branch_manifest(results["video"], record),
             data_fingerprint=str((record.get("data") or {}).get("fingerprint") or ""),
             tivm_version=tivm_version())
+        if not raw and options.stream_split and results["video"].plan.kind == "full":
+            manifest = dataclasses.replace(manifest, video=split_video(staging, manifest.video, results["video"],
+                                                                       options, report))
         source = staging
         if raw:  # the checked full files, merged behind their front ends, plus golden/ and mobile/
             M.write_manifest(staging, manifest)
@@ -320,8 +326,11 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
             report["raw"]["from"] = "the full branches above, as checked"
             manifest = M.read_manifest(source)
         _remove_raw_extras(out_dir)
+        _remove_stale_split(out_dir, manifest)
         for name in BRANCH_NAMES:
             os.replace(source / f"{name}.onnx", out_dir / f"{name}.onnx")
+        if manifest.video.stream is not None:
+            os.replace(source / manifest.video.stream.file, out_dir / manifest.video.stream.file)
         if raw:
             for extra in RAW_EXTRAS:
                 os.replace(source / extra, out_dir / extra)
@@ -329,6 +338,47 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     report["manifest"] = manifest.to_json()
     report["passed"] = True
     return report
+
+
+def split_video(staging: Path, spec: M.BranchManifest, result: BranchResult, options: ExportOptions,
+                report: dict) -> M.BranchManifest:
+    """Cut the checked full video graph into per-frame backbone + window head (tivm.export.streaming) and
+    keep the cut only when both paths give the whole graph's embeddings on the validation windows."""
+    path = staging / spec.file
+    original = staging / f"{path.stem}.unsplit.onnx"
+    shutil.copyfile(path, original)
+    try:
+        window = streaming.split_for_streaming(path)
+        worst, features = streaming.check_split(path, result.inputs.validation[:VALIDATION_SPLIT_WINDOWS],
+                                                threads=options.threads)
+        if not worst <= streaming.MAX_ABS_DIFFERENCE:
+            raise streaming.SplitError(f"frame by frame differs from the whole graph by {worst:.2e}")
+    except streaming.SplitError as exc:
+        os.replace(original, path)
+        streaming.window_path(path).unlink(missing_ok=True)
+        report["stream"] = {"split": False, "reason": str(exc)}
+        say(f"video: not split for streaming ({exc}); the runtime runs the whole graph per window", options.progress)
+        return spec
+    original.unlink()
+    report["stream"] = {"split": True, "file": window.name, "bytes": window.stat().st_size,
+                        "max_abs_difference": worst, "windows_checked": min(len(result.inputs.validation),
+                                                                            VALIDATION_SPLIT_WINDOWS)}
+    say(f"video: split for streaming (per-frame backbone + {window.name}, {window.stat().st_size / 1e6:.1f} MB; "
+        f"max |difference| {worst:.1e})", options.progress)
+    features_spec = M.TensorSpec(streaming.FEATURES_OUTPUT, ("batch", "time", features))
+    return dataclasses.replace(spec, stream=M.StreamSpec(file=window.name, features=features_spec))
+
+
+def _remove_stale_split(out_dir: Path, manifest: M.ModelManifest) -> None:
+    """An earlier export's window head, when this export ships none under that name (only files the earlier
+    manifest names as its stream)."""
+    try:
+        earlier = M.read_manifest(out_dir).video.stream
+    except ModelError:
+        return
+    current = manifest.video.stream.file if manifest.video.stream is not None else None
+    if earlier is not None and earlier.file != current:
+        (out_dir / earlier.file).unlink(missing_ok=True)
 
 
 def _remove_raw_extras(out_dir: Path) -> None:

@@ -57,8 +57,9 @@ FINGERPRINT_DOMAIN_V2 = b"tivm-model-fingerprint/v2\n"
 # What a branch's embedding depends on besides its ONNX file (quantization and provenance do not matter:
 # they describe how the file was made, and the file's sha256 covers the result).
 # "hop" (raw branches only) is hashed only when present, so full/head fingerprints stay what they were.
-EMBEDDING_FIELDS = ("kind", "input", "output", "frontend", "clip_seconds", "embedding_dim", "feature_dim", "hop")
-OPTIONAL_EMBEDDING_FIELDS = ("hop",)
+EMBEDDING_FIELDS = ("kind", "input", "output", "frontend", "clip_seconds", "embedding_dim", "feature_dim", "hop",
+                    "stream")
+OPTIONAL_EMBEDDING_FIELDS = ("hop", "stream")
 MAX_CLIP_SECONDS = 600.0  # one window; the paper's is 15 s
 MAX_FPS = 30.0  # frames per second the video front end samples; the paper's is 1
 HASH_CHUNK_BYTES = 1 << 20
@@ -103,6 +104,27 @@ class HopSpec:
 
 
 @dataclass(frozen=True)
+class StreamSpec:
+    """A full video branch split for streaming (tivm.export.streaming): the branch file's extra output holds
+    the per-frame backbone features, and `file` is the head cut out of the same graph, features -> embedding.
+    Bit-identical to the whole graph by construction (checked at export); lets the runtime run the backbone
+    on each frame while the next is being decoded."""
+
+    file: str
+    features: TensorSpec
+    sha256: str = ""  # empty: write_manifest fills it in from the file
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256, "features": self.features.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str) -> "StreamSpec":
+        _require(data, ("file", "sha256", "features"), where)
+        return cls(file=str(data["file"]), sha256=str(data["sha256"]),
+                   features=TensorSpec.from_json(data["features"], f"{where}.features"))
+
+
+@dataclass(frozen=True)
 class BranchManifest:
     """One branch (audio or video): its ONNX file and everything needed to feed it."""
 
@@ -118,6 +140,7 @@ class BranchManifest:
     feature_dim: int | None = None  # "head" kind: D of the (B, T, D) features
     quantization: dict[str, Any] = field(default_factory=lambda: {"method": "none"})
     hop: HopSpec | None = None  # "raw" kind: the hop input
+    stream: StreamSpec | None = None  # full video branches exported with a per-frame split
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -135,6 +158,8 @@ class BranchManifest:
         }
         if self.hop is not None:  # raw branches only: full/head manifests keep their exact keys
             data["hop"] = self.hop.to_json()
+        if self.stream is not None:  # split branches only: other manifests keep their exact keys
+            data["stream"] = self.stream.to_json()
         return data
 
     @classmethod
@@ -142,6 +167,7 @@ class BranchManifest:
         _require(data, ("file", "sha256", "kind", "input", "frontend", "embedding_dim", "configuration"), where)
         output = data.get("output")
         hop = data.get("hop")
+        stream = data.get("stream")
         try:
             branch = cls(
                 file=str(data["file"]),
@@ -156,6 +182,7 @@ class BranchManifest:
                 configuration=str(data["configuration"]),
                 quantization=dict(data.get("quantization") or {"method": "none"}),
                 hop=None if hop is None else HopSpec.from_json(hop, f"{where}.hop"),
+                stream=None if stream is None else StreamSpec.from_json(stream, f"{where}.stream"),
             )
         except (TypeError, ValueError) as exc:
             raise ModelError(f"{where}: malformed field ({exc})") from None
@@ -185,6 +212,10 @@ class BranchManifest:
             problem = _raw_problem(self, name)
             if problem:
                 raise ModelError(f"{where}: {problem}")
+        if self.stream is not None:
+            problem = _stream_problem(self, name)
+            if problem:
+                raise ModelError(f"{where}: stream {problem}")
 
     def embedding_settings(self) -> dict[str, Any]:
         """The fields besides the file that change what this branch embeds (hashed into the fingerprint)."""
@@ -208,6 +239,21 @@ def _raw_problem(branch: BranchManifest, name: str | None) -> str | None:
     step = raw_step_seconds(name, branch.frontend)
     if step is None or not math.isclose(hop.unit_seconds, step, rel_tol=1e-9):
         return f"hop unit_seconds {hop.unit_seconds} is not the front end's step ({step} s)"
+    return None
+
+
+def _stream_problem(branch: BranchManifest, name: str | None) -> str | None:
+    """What contradicts itself in a streaming split: only full video branches have one, its file is a plain
+    name beside the branch file, and its features are (batch, time, F) float32, F > 0."""
+    stream = branch.stream
+    if branch.kind != "full" or name not in (None, "video"):
+        return f"belongs to full video branches only, this is a {branch.kind} {name or ''} branch".replace("  ", " ")
+    if Path(stream.file).name != stream.file or stream.file == branch.file:
+        return f"file must be a plain name inside the model directory, other than {branch.file}, got {stream.file!r}"
+    shape = stream.features.shape
+    if (stream.features.dtype != "float32" or len(shape) != 3 or not isinstance(shape[2], int)
+            or isinstance(shape[2], bool) or shape[2] <= 0):
+        return f"features must be float32 (batch, time, F) with F > 0, got {stream.features.dtype} {list(shape)}"
     return None
 
 
@@ -378,6 +424,7 @@ def write_manifest(model_dir: str | os.PathLike, manifest: ModelManifest) -> Mod
     """
     model_dir = Path(model_dir)
     branches = {name: _with_checked_sha256(model_dir, manifest.branch(name)) for name in BRANCHES}
+    branches = {name: _with_checked_stream(model_dir, branch) for name, branch in branches.items()}
     created = manifest.created or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     manifest = dataclasses.replace(manifest, created=created, **branches)
     for name in BRANCHES:
@@ -387,7 +434,7 @@ def write_manifest(model_dir: str | os.PathLike, manifest: ModelManifest) -> Mod
     return manifest
 
 
-def _with_checked_sha256(model_dir: Path, branch: BranchManifest) -> BranchManifest:
+def _with_checked_sha256(model_dir: Path, branch: BranchManifest | StreamSpec) -> BranchManifest | StreamSpec:
     path = model_dir / branch.file
     if not path.is_file():
         raise ModelError(f"{path}: missing (cannot write a manifest for a file that is not there)")
@@ -395,6 +442,13 @@ def _with_checked_sha256(model_dir: Path, branch: BranchManifest) -> BranchManif
     if branch.sha256 and branch.sha256 != actual:
         raise ModelError(f"{path}: sha256 {actual} does not match the manifest's {branch.sha256}")
     return dataclasses.replace(branch, sha256=actual)
+
+
+def _with_checked_stream(model_dir: Path, branch: BranchManifest) -> BranchManifest:
+    if branch.stream is None:
+        return branch
+    checked = _with_checked_sha256(model_dir, branch.stream)  # the same checks: present, sha256 as given
+    return dataclasses.replace(branch, stream=checked)
 
 
 def _require(data: Any, keys: tuple[str, ...], where: str) -> None:

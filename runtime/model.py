@@ -31,7 +31,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from tivm.runtime.errors import MediaError, ModelError
-from tivm.runtime.manifest import BRANCHES, FRONTEND_KINDS, BranchManifest, ModelManifest, file_sha256, read_manifest
+from tivm.runtime.manifest import (
+    BRANCHES,
+    FRONTEND_KINDS,
+    BranchManifest,
+    ModelManifest,
+    StreamSpec,
+    file_sha256,
+    read_manifest,
+)
 from tivm.runtime.prefetch import prefetched
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
@@ -247,18 +255,38 @@ class VideoBranch(Branch):
     window of 224 x 224 crops and one batch of windows, never the decoded or preprocessed video. A raw branch
     streams the uint8 frames themselves and runs each window on its own: memory holds two windows of
     decoded frames (the ring and the window being run: 15 x H x W x 3 bytes each, 41 MB at 720p).
+
+    A full branch exported with a streaming split (manifest `stream`, tivm.export.streaming) runs its
+    backbone on each frame as soon as it is preprocessed, while the decoder thread decodes the next one, and
+    only the head waits for the window: the model then hides behind decoding instead of following it, and the
+    window ring holds F-d features instead of frames. The split is the same graph cut in two, so the
+    embeddings are the whole graph's (checked bit for bit at export).
     """
 
-    def embed(self, source: str | os.PathLike | np.ndarray, hop_seconds: float | None = None) -> WindowEmbeddings:
+    def __init__(self, name: str, path: str | os.PathLike, spec: BranchManifest, **options):
+        super().__init__(name, path, spec, **options)
+        self.window_head = (WindowHead(self, Path(path).with_name(spec.stream.file), spec, **options)
+                            if spec.stream is not None else None)
+
+    def embed(self, source: str | os.PathLike | np.ndarray, hop_seconds: float | None = None,
+              decode: str = "exact") -> WindowEmbeddings:
+        """`decode`: "exact" (every reference picture decoded as the codec specifies) or "fast" (the
+        in-loop deblocking filter skipped: see tivm.runtime.video.DECODE_MODES)."""
         self.require_media("video")
-        stream = self.window_stream(hop_seconds)
-        step = (lambda frame: frame) if self.kind == "raw" else (lambda frame: self._preprocess(frame[None])[0])
+        stream = self.window_stream(hop_seconds) if self.window_head is None else self.window_head.stream(
+            self.hop_steps(hop_seconds))
+        if self.kind == "raw":
+            step = lambda frame: frame
+        elif self.window_head is not None:
+            step = lambda frame: self.window_head.frame_features(self._preprocess(frame[None]))
+        else:
+            step = lambda frame: self._preprocess(frame[None])[0]
         if isinstance(source, (str, os.PathLike)):
             from tivm.runtime import video
 
             fps = float(self.spec.frontend.get("fps", 1.0))
             # decoding (a thread of its own) overlaps preprocessing and the model on the frames before
-            for second, frame in prefetched(video.iter_frames(source, fps=fps), depth=PREFETCH_FRAMES):
+            for second, frame in prefetched(video.iter_frames(source, fps=fps, decode=decode), depth=PREFETCH_FRAMES):
                 if self.kind == "raw" and stream.count and frame.shape != stream.step_shape:
                     raise MediaError(source, f"the frame size changes from {_size(stream.step_shape)} to "
                                              f"{_size(frame.shape)} at {second:g} s; a raw model needs one frame "
@@ -280,6 +308,52 @@ class VideoBranch(Branch):
         from tivm.runtime import image
 
         return image.preprocess_frames(frames, **image_arguments(self.spec.frontend))
+
+
+class WindowHead:
+    """The two halves of a split full video branch: the branch's own session run for its per-frame
+    features output, and the head graph over a window of them. Quacks like a Branch for WindowStream."""
+
+    def __init__(self, branch: VideoBranch, path: Path, spec: BranchManifest, *,
+                 intra_op_threads: int | None = None, providers: Sequence[str] | None = None,
+                 batch_windows: int = DEFAULT_BATCH_WINDOWS):
+        self.branch = branch
+        self.name = branch.name
+        self.path = path
+        self.features = spec.stream.features
+        self.window_steps = branch.window_steps
+        self.batch_windows = batch_windows
+        self.step_seconds = branch.step_seconds
+        if self.features.name not in [o.name for o in branch.session.get_outputs()]:
+            raise ModelError(f"{branch.path}: no output named {self.features.name!r} (the manifest's stream "
+                             "features): the file is not the one the split was made from")
+        self.session = _open_session(path, intra_op_threads, resolve_providers(providers))
+        inputs = self.session.get_inputs()
+        if [i.name for i in inputs] != [self.features.name] or len(inputs[0].shape) != 3:
+            raise ModelError(f"{path}: expected one (batch, time, F) input named {self.features.name!r}, the graph "
+                             f"has {[(i.name, i.shape) for i in inputs]}")
+        if branch.output_name not in [o.name for o in self.session.get_outputs()]:
+            raise ModelError(f"{path}: no output named {branch.output_name!r}")
+
+    def stream(self, hop_steps: int) -> WindowStream:
+        return WindowStream(self, hop_steps)
+
+    def frame_features(self, preprocessed: np.ndarray) -> np.ndarray:
+        """One preprocessed frame (1, 3, H, W) -> its (F,) backbone features (the head is not waited for)."""
+        batch = np.ascontiguousarray(preprocessed[None], np.float32)  # (batch 1, time 1, 3, H, W)
+        out = self.branch.session.run([self.features.name], {self.branch.input_name: batch})[0]
+        return out.reshape(-1)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """(B, T, F) features -> (B, D) L2-normalised embeddings."""
+        out = self.session.run([self.branch.output_name],
+                               {self.features.name: np.ascontiguousarray(batch, np.float32)})[0]
+        return l2_normalize(out.reshape(out.shape[0], -1))
+
+    def _check_step_shape(self, step_shape: tuple[int, ...]) -> None:
+        if step_shape != (self.features.shape[2],):
+            raise ModelError(f"{self.branch.path}: per-frame features have shape {step_shape}, the manifest says "
+                             f"({self.features.shape[2]},)")
 
 
 class WindowStream:
@@ -447,9 +521,10 @@ class Model:
         """A waveform (mono float32) or audio/video file -> one embedding per 15 s window."""
         return self.audio.embed(source, sample_rate=sample_rate, hop_seconds=hop_seconds)
 
-    def embed_video(self, source, hop_seconds: float | None = None) -> WindowEmbeddings:
-        """A video file or RGB uint8 frames sampled at the model's fps -> one embedding per 15 s window."""
-        return self.video.embed(source, hop_seconds=hop_seconds)
+    def embed_video(self, source, hop_seconds: float | None = None, decode: str = "exact") -> WindowEmbeddings:
+        """A video file or RGB uint8 frames sampled at the model's fps -> one embedding per 15 s window.
+        `decode`: "exact" or "fast" (tivm.runtime.video.DECODE_MODES; files only)."""
+        return self.video.embed(source, hop_seconds=hop_seconds, decode=decode)
 
     def embed_audio_features(self, features: np.ndarray, hop_seconds: float | None = None) -> WindowEmbeddings:
         """Per-second inputs of the audio graph ((T, D) features for a head, (T, 96, 64) patches for full;
@@ -465,6 +540,8 @@ class Model:
 def _open_branch(model_dir: Path, manifest: ModelManifest, name: str, options: dict[str, Any]):
     spec = manifest.branch(name)
     path = _checked_file(model_dir, spec)
+    if spec.stream is not None:
+        _checked_file(model_dir, spec.stream)
     _check_frontend(name, spec, model_dir)
     return BRANCH_CLASSES[name](name, path, spec, **options)
 
@@ -492,7 +569,7 @@ def _warn_if_laid_out_for_another_cpu(model_dir: Path, manifest: ModelManifest) 
                       "faster here", RuntimeWarning, stacklevel=3)
 
 
-def _checked_file(model_dir: Path, spec: BranchManifest) -> Path:
+def _checked_file(model_dir: Path, spec: BranchManifest | StreamSpec) -> Path:
     path = model_dir / spec.file
     if not path.is_file():
         raise ModelError(f"{path}: missing (listed in {model_dir / 'manifest.json'})")

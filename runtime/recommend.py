@@ -87,7 +87,13 @@ class Recommender:
     """A model plus a song library. Immutable after construction: `recommend()` may run on several threads."""
 
     def __init__(self, model_dir: str | os.PathLike | Model | None, library: str | os.PathLike | SongLibrary, *,
-                 search: str = "auto", intra_op_threads: int | None = None, providers=None):
+                 search: str = "auto", intra_op_threads: int | None = None, providers=None,
+                 decode: str = "exact"):
+        from tivm.runtime.video import DECODE_MODES
+
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+        self.decode = decode
         self.library = library if isinstance(library, SongLibrary) else SongLibrary.load(library)
         if isinstance(model_dir, Model):
             self.model = model_dir
@@ -101,7 +107,7 @@ class Recommender:
 
     def embed_video(self, video) -> WindowEmbeddings:
         """A video file or RGB frames (T, H, W, 3) uint8, one per second -> window embeddings."""
-        return self.model.embed_video(video)
+        return self.model.embed_video(video, decode=self.decode)
 
     def embed_audio(self, audio, sample_rate: int = AUDIO_SAMPLE_RATE,
                     hop_seconds: float | None = None) -> WindowEmbeddings:

@@ -19,7 +19,11 @@ real presentation timestamps (OpenCV's CAP_PROP_POS_MSEC is derived), decodes wi
 and raises typed errors we translate into MediaError.
 
 Speed: packets that present before the next target are decoded with skip_frame=NONREF, so frames that no
-other frame refers to (most B-frames) are not decoded at all, with identical chosen frames.
+other frame refers to (most B-frames) are not decoded at all, with identical chosen frames. Decode mode
+"fast" also skips the in-loop deblocking filter (FFmpeg's skip_loop_filter=all; H.264 and HEVC honour it):
+the chosen frames then differ from the exact ones by slightly blockier edges, and the error carries from
+reference to reference until the next keyframe. docs/benchmarks.md measures what that saves and what it
+does to embeddings; "exact" is the default.
 
 Orientation: frames come out as players show them. Phones record a portrait clip as landscape pixels plus a
 display matrix (rotation, sometimes a mirror) in the container; each chosen frame is turned upright the way
@@ -51,6 +55,8 @@ from .errors import MediaError
 from .media import open_media
 
 DEFAULT_FPS = 1.0
+# decoder options per decode mode (AVCodecContext options; a codec without the option ignores it)
+DECODE_MODES = {"exact": {}, "fast": {"skip_loop_filter": "all"}}
 TIME_TOLERANCE_S = 1e-6  # timestamps are rounded to the stream time base; never miss a frame by that
 FALLBACK_FRAME_RATE = 25.0  # frame period to assume when a stream states no rate and lacks timestamps
 BACKWARD_JUMP_S = 0.5  # a timestamp this far behind the previous frame's is a clock reset, not reordering
@@ -65,7 +71,10 @@ FIXED_ONE = 1 << 16  # the display matrix's a, b, c, d are 16.16 fixed point
 QUARTER_TURN_TOLERANCE = 1.0  # degrees: FFmpeg treats angles within 1 degree of a quarter turn as that turn
 
 
-def _check_arguments(fps: float, start: float, duration: float | None, max_frames: int | None) -> None:
+def _check_arguments(fps: float, start: float, duration: float | None, max_frames: int | None,
+                     decode: str = "exact") -> None:
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
     if not (isinstance(fps, numbers.Real) and math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     if not (isinstance(start, numbers.Real) and math.isfinite(start) and start >= 0):
@@ -86,7 +95,7 @@ def _reason(error: Exception) -> str:
     return getattr(error, "strerror", None) or str(error)
 
 
-def _video_stream(container, path: str):
+def _video_stream(container, path: str, decode: str = "exact"):
     if not container.streams.video:
         kinds = sorted({stream.type for stream in container.streams})
         found = f"it has {', '.join(kinds)} streams only" if kinds else "it has no streams"
@@ -96,6 +105,8 @@ def _video_stream(container, path: str):
     # frame + slice threads: 1.02 vs 1.68 s median on the 15 s clip in a loaded run. Frame threading
     # turns a damaged packet into "no more frames" instead of an error: see _check_not_truncated.
     stream.thread_type = "AUTO"
+    if DECODE_MODES[decode]:
+        stream.codec_context.options = dict(DECODE_MODES[decode])  # read when the decoder opens, on first use
     return stream
 
 
@@ -254,18 +265,20 @@ def iter_frames(
     start: float = 0.0,
     duration: float | None = None,
     max_frames: int | None = None,
+    decode: str = "exact",
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Yield (second, frame) for each target second start + k/fps, frame (H, W, 3) uint8 RGB, upright.
 
     Decodes sequentially, converting only the chosen frames, so memory stays at one frame (plus the
     decoder's own buffers) whatever the video's length. Raises MediaError for unusable files.
+    `decode`: a key of DECODE_MODES (see the module docstring).
     """
-    _check_arguments(fps, start, duration, max_frames)
+    _check_arguments(fps, start, duration, max_frames, decode)
     path = os.fspath(path)
     end = math.inf if duration is None else start + duration
     container = _open_container(path)
     try:
-        stream = _video_stream(container, path)
+        stream = _video_stream(container, path, decode)
         wanted = SimpleNamespace(seconds=start)  # the next target; frames before it may be skipped
         origin = _first_frame_time(path) if start >= SEEK_MIN_START_S else None
         if origin is not None and _seek_near(container, stream, origin + start):
@@ -275,7 +288,7 @@ def iter_frames(
                 # landed past the target (or nowhere): unreliable index, decode from the beginning instead
                 container.close()
                 container = _open_container(path)
-                stream = _video_stream(container, path)
+                stream = _video_stream(container, path, decode)
                 frames = _timed_frames(path, container, stream, origin, wanted)
             else:
                 frames = _chain_first(first, frames)
@@ -345,9 +358,11 @@ def sample_frames(
     start: float = 0.0,
     duration: float | None = None,
     max_frames: int | None = None,
+    decode: str = "exact",
 ) -> np.ndarray:
     """(T, H, W, 3) uint8 RGB, upright: the frame standing for each second (see the module docstring for which)."""
-    chosen = [frame for _, frame in iter_frames(path, fps=fps, start=start, duration=duration, max_frames=max_frames)]
+    chosen = [frame for _, frame in iter_frames(path, fps=fps, start=start, duration=duration, max_frames=max_frames,
+                                                decode=decode)]
     shapes = {frame.shape for frame in chosen}
     if len(shapes) > 1:
         raise MediaError(os.fspath(path), f"frame size changes within the video ({sorted(shapes)})")

@@ -32,6 +32,8 @@ def recommend(
                                "exact) | exact | compact | hnsw (approximate, needs faiss-cpu)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads",
                                           callback=check_threads),
+    decode: str = typer.Option("exact", "--decode",
+                               help="exact | fast (skips the codec's deblocking filter: faster, close embeddings)"),
 ) -> None:
     from tivm.runtime.recommend import Recommender
 
@@ -40,7 +42,7 @@ def recommend(
             from tivm.runtime.preview import check_preview_output
 
             check_preview_output(preview, clip, library)
-        recommender = Recommender(model, library, search=search, intra_op_threads=threads)
+        recommender = Recommender(model, library, search=search, intra_op_threads=threads, decode=decode)
         results = recommender.recommend(clip, top)
     except (TivmError, ValueError) as exc:
         fail(exc)
