@@ -46,7 +46,6 @@ from tivm.runtime.shards import (
     MAX_SHARDS,
     SHARD_KEY,
     assign_shards,
-    check_shard_record,
     empty_file_name,
     exclusive_lock,
     read_empty_shard,
@@ -209,27 +208,27 @@ def _shard_count(shards_dir: Path, requested: int | None, n_songs: int) -> int:
 
 
 def _existing_shard(shards_dir: Path, index: int, count: int, assigned: list[str], fingerprint: str, root: Path,
-                    hop_seconds: float, rehash: bool) -> tuple[Path | None, SongLibrary | None, str]:
-    """(the shard's file if it is complete for this build, a previous shard library to re-use songs from,
-    a note for the user)."""
-    from tivm.runtime.shards import songs_sha256
+                    hop_seconds: float, rehash: bool) -> tuple[Path | None, Path | None, str]:
+    """(the shard's file if it is complete for this build, a previous shard of this build to re-use songs
+    from, a note for the user). Deciding reads only the shard's meta, not its windows."""
+    from tivm.runtime.shards import read_shard_meta, songs_sha256
 
     npz, empty = shards_dir / shard_file_name(index, count), shards_dir / empty_file_name(index, count)
     wanted = songs_sha256(assigned)
     if npz.exists():
         try:
-            library = SongLibrary.load(npz, mmap=False)
-            record = check_shard_record(library.meta.get(SHARD_KEY), npz)
+            meta = read_shard_meta(npz)
         except LibraryError as exc:
             return None, None, f"{exc}: redoing this shard"
-        same_build = (library.model_fingerprint == fingerprint and library.meta.get("root") == str(root)
-                      and float(library.meta["hop_seconds"]) == hop_seconds
+        record = meta[SHARD_KEY]
+        same_build = (meta["model_fingerprint"] == fingerprint and meta["root"] == str(root)
+                      and float(meta["hop_seconds"]) == hop_seconds
                       and (record["index"], record["count"]) == (index, count))
         if not same_build:
             return None, None, f"{npz}: from another model, hop or songs folder: redoing this shard"
         if record["songs_sha256"] == wanted and not record["failed"] and not empty.exists() and not rehash:
             return npz, None, ""
-        return None, library, ""  # songs added, removed or failed last time: redo, re-using unchanged songs
+        return None, npz, ""  # songs added, removed or failed last time: redo, re-using unchanged songs
     if empty.exists():
         try:
             shard = read_empty_shard(empty)
@@ -241,16 +240,26 @@ def _existing_shard(shards_dir: Path, index: int, count: int, assigned: list[str
     return None, None, ""
 
 
+def _reusable(path: Path | None, report: DistributedReport) -> dict[str, str]:
+    """path -> sha256 of the songs of a previous shard (validated in full: its windows may be re-used)."""
+    if path is None:
+        return {}
+    try:
+        library = SongLibrary.load(path)
+    except LibraryError as exc:
+        report.notes.append(f"{exc}: re-embedding its songs")
+        return {}
+    return {str(p): str(h) for p, h in zip(library.paths, library.sha256)}
+
+
 def _run(plans, root: Path, model, shards_dir: Path, count: int, hop_seconds: float, workers: int,
          address: str | None, batch_size: int, engine: str, quiet: bool, report: DistributedReport, on_failure,
          on_shard) -> None:
     rows = []
     pending: dict[int, dict] = {}
     for index, assigned, previous in plans:
-        reuse = {}
-        if previous is not None:
-            reuse = {str(p): str(h) for p, h in zip(previous.paths, previous.sha256)}
-        pending[index] = {"assigned": assigned, "previous": previous, "rows": {}}
+        reuse = _reusable(previous, report)  # the previous shard is read again when this one is written
+        pending[index] = {"assigned": assigned, "previous": previous if reuse else None, "rows": {}}
         rows.extend({"path": str(root / relative), "relative": relative, "shard": index,
                      "previous_sha256": reuse.get(relative, "")} for relative in assigned)
     for index in [i for i, state in pending.items() if not state["assigned"]]:
@@ -328,7 +337,8 @@ def _finish_shard(index: int, state: dict, model, root: Path, shards_dir: Path, 
     """Write one shard atomically: its library, or the empty-shard marker when no song could be embedded."""
     from tivm.runtime.shards import write_empty_shard
 
-    previous: SongLibrary | None = state["previous"]
+    reused = any(state["rows"][r]["status"] == "reused" for r in state["assigned"])
+    previous = SongLibrary.load(state["previous"]) if reused else None  # windows stay memory-mapped
     old = {str(p): i for i, p in enumerate(previous.paths)} if previous is not None else {}
     songs, failed = [], []
     for relative in state["assigned"]:

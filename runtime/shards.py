@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import socket
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -107,6 +108,31 @@ def check_shard_record(record, where: object) -> dict:
                                              and all(isinstance(x, str) for x in f) for f in failed)):
         raise bad("failed is not a list of [path, message]")
     return record
+
+
+def read_shard_meta(path: str | os.PathLike) -> dict:
+    """A shard's meta (with a checked shard record) without reading its windows: what a resumed build needs
+    to decide whether the shard is done. A truncated file fails here (a zip's directory is at its end); the
+    full validation runs when the shard is merged or re-used."""
+    path = Path(path)
+    try:
+        if not zipfile.is_zipfile(path):
+            raise LibraryError(f"{path}: corrupt or not a tivm library (not a readable .npz archive)")
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]), parse_constant=_refuse_constant)
+    except LibraryError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise LibraryError(f"{path}: corrupt or not a tivm library ({type(exc).__name__}: {exc})") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("model_fingerprint"), str)
+            and isinstance(meta.get("hop_seconds"), (int, float)) and isinstance(meta.get("root"), str)):
+        raise LibraryError(f"{path}: not a tivm library shard (meta lacks model_fingerprint, hop_seconds or root)")
+    check_shard_record(meta.get(SHARD_KEY), path)
+    return meta
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 # -- empty shards --------------------------------------------------------------------------------------------
