@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -39,6 +40,7 @@ from tivm.runtime.library import (
     SongLibrary,
     assemble_library,
     embed_song,
+    output_lock,
     scan_songs,
 )
 from tivm.runtime.shards import (
@@ -47,7 +49,6 @@ from tivm.runtime.shards import (
     SHARD_KEY,
     assign_shards,
     empty_file_name,
-    exclusive_lock,
     read_empty_shard,
     shard_file_name,
     shard_record,
@@ -58,7 +59,7 @@ INSTALL_HINT = "pip install 'tivm[distributed]'"
 SONGS_PER_SHARD = 1000  # default shard size: a shard is a unit of resumption and of driver memory
 SONGS_PER_BLOCK = 100  # Ray Data block size: songs take seconds each, so scheduling overhead is negligible
 ENGINES = ("ray", "local")
-LOCK_NAME = "shards"  # the lock file is .shards.lock in the shards folder
+LOCK_NAME = "shards"  # library.output_lock on it: the lock file is .shards.lock in the shards folder
 
 
 @dataclass
@@ -168,7 +169,12 @@ def build_distributed(songs_dir: str | os.PathLike, model_dir: str | os.PathLike
     files, others = scan_songs(root)
     relatives = [p.relative_to(root).as_posix() for p in files]
     report = DistributedReport(ignored=[p.relative_to(root).as_posix() for p in others])
-    with exclusive_lock(shards_dir / LOCK_NAME, "shards folder"):
+    with ExitStack() as held:
+        try:
+            held.enter_context(output_lock(shards_dir / LOCK_NAME))
+        except LibraryError:
+            raise OutputError(f"{shards_dir}: another build is writing shards into this folder now; wait for it "
+                              "to finish (or use another folder)") from None
         count = _shard_count(shards_dir, shard_count, len(relatives))
         report.shard_count = count
         assignment = assign_shards(relatives, count)

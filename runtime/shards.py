@@ -14,8 +14,8 @@ record: every index then has a file, and a missing one is an error, not a silent
 `merge_shards` checks the parts belong together (same model fingerprint, hop and window, same songs folder
 or folders under one parent, no song twice, every shard of a sharded build present once) and writes one
 library, songs in the order `build_library` gives them, atomically: the last good library is replaced only
-by a complete, validated one. `exclusive_lock` keeps two builds or merges from writing the same output at
-once. Nothing here imports Ray (`tivm.runtime.distributed` does, lazily).
+by a complete, validated one; `library.output_lock` keeps two builds or merges from writing the same output
+at once. Nothing here imports Ray (`tivm.runtime.distributed` does, lazily).
 """
 
 from __future__ import annotations
@@ -24,25 +24,22 @@ import dataclasses
 import hashlib
 import json
 import os
-import socket
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from tivm.runtime.errors import LibraryError, OutputError
+from tivm.runtime.errors import LibraryError
 from tivm.runtime.files import check_output, read_json_object, write_text
-from tivm.runtime.library import SongLibrary, is_library
+from tivm.runtime.library import SongLibrary, is_library, output_lock
 
 SHARD_KEY = "shard"
 EMPTY_FORMAT = "tivm-library-empty-shard"
 EMPTY_SUFFIX = ".empty.json"
 MAX_SHARDS = 99999  # five digits in the file names
-LOCK_SUFFIX = ".lock"
 
 
 def shard_index(relative: str, count: int) -> int:
@@ -166,64 +163,6 @@ def read_empty_shard(path: str | os.PathLike) -> EmptyShard:
     return EmptyShard(path, fingerprint, root, float(hop), check_shard_record(data.get(SHARD_KEY), path))
 
 
-# -- one writer at a time ------------------------------------------------------------------------------------
-
-@contextmanager
-def exclusive_lock(target: str | os.PathLike, what: str = "output") -> Iterator[Path]:
-    """Hold `.<name>.lock` beside `target` while writing it: a second build or merge of the same output
-    stops with an OutputError naming the first, instead of both spending hours and one winning silently.
-
-    A lock left by a process that died on this host is taken over; one from another host is reported with
-    the command to remove it, since whether that process still runs cannot be seen from here.
-    """
-    target = Path(target)
-    lock = target.parent / f".{target.name}{LOCK_SUFFIX}"
-    owner = {"host": socket.gethostname(), "pid": os.getpid(),
-             "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            holder = _lock_holder(lock)
-            if holder.get("host") == owner["host"] and _pid_gone(holder.get("pid")):
-                lock.unlink(missing_ok=True)  # its writer died (killed, power cut): take over
-                continue
-            who = f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
-            raise OutputError(f"{target}: another build or merge is writing this {what} ({who}); wait for it, "
-                              f"or remove {lock} if it is no longer running") from None
-        except OSError as exc:
-            raise OutputError(f"{target}: cannot create the lock {lock} ({exc.strerror or exc})") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(owner, f)
-        break
-    else:
-        raise OutputError(f"{target}: could not take the lock {lock}")
-    try:
-        yield lock
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _lock_holder(lock: Path) -> dict:
-    try:
-        holder = json.loads(lock.read_text(encoding="utf-8")[:4096])
-    except (OSError, ValueError):
-        return {}  # being written this instant, or garbage: treated as held
-    return holder if isinstance(holder, dict) else {}
-
-
-def _pid_gone(pid) -> bool:
-    if not (type(pid) is int and pid > 0) or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, owned by someone else
-        return False
-    return False
-
-
 # -- merge ---------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -244,7 +183,8 @@ def merge_shards(parts: Sequence[str | os.PathLike], output: str | os.PathLike, 
     Refuses, with a LibraryError naming the file: an unreadable or truncated part, parts embedded by
     different models (or not by `model_fingerprint` when given), with another hop or window length, the same
     song in two parts, and a sharded build with a shard missing or given twice. `output` is written only
-    after every check passed, atomically, under `exclusive_lock`.
+    after every check passed, atomically, under `library.output_lock` (a second merge or build of the same
+    file fails at once).
     """
     paths = [Path(p) for p in parts]
     if not paths:
@@ -259,7 +199,7 @@ def merge_shards(parts: Sequence[str | os.PathLike], output: str | os.PathLike, 
         if key in seen:
             raise LibraryError(f"{path}: given twice (also as {seen[key]})")
         seen[key] = path
-    with exclusive_lock(output, "library"):
+    with output_lock(output):
         libraries = [SongLibrary.load(path) for path in paths]  # validates each; embeddings stay memory-mapped
         report = MergeReport(parts=paths)
         reference = libraries[0]
