@@ -90,3 +90,54 @@ def clip_of_length(source: Path, seconds: float, folder: Path) -> tuple[Path, st
     if not out.exists():
         cut_clip(source, seconds, out.with_suffix(".tmp.mp4")).rename(out)
     return out, f"first {seconds:g} s of the real clip re-encoded with libx264 (crf {SHORT_CLIP_CRF})"
+
+
+# (codec, container, options) of the kinds of clip phones and browsers record; keyframe interval in frames
+PHONE_CODECS = {
+    "h264": ("libx264", "mp4", {"crf": "23", "preset": "veryfast"}),
+    "hevc": ("libx265", "mp4", {"crf": "28", "preset": "ultrafast", "x265-params": "log-level=error"}),
+    "vp9": ("libvpx-vp9", "webm", {"crf": "35", "b": "0", "deadline": "realtime", "cpu-used": "8"}),
+}
+
+
+def reencoded_clip(source: Path, out: Path, *, codec: str = "h264", size: tuple[int, int] | None = None,
+                   rate: int = 30, keyframe_seconds: float = 1.0, seconds: float | None = None,
+                   bframes: int | None = None) -> Path:
+    """The source's video (its first `seconds`, default all) re-encoded as a phone would record it: `codec`
+    (PHONE_CODECS), frame `size` (width, height; portrait when height > width, scaled without keeping the
+    aspect), `rate` fps, a keyframe every `keyframe_seconds` (Android's MediaRecorder default is 1 s).
+    Source frames are repeated or dropped to reach `rate`; loop the result with looped_clip for long clips."""
+    encoder_name, _, options = PHONE_CODECS[codec]
+    with av.open(str(source)) as src:
+        stream = _video_stream(src, source)
+        width, height = size or (stream.codec_context.width, stream.codec_context.height)
+        source_rate = float(stream.average_rate or 25)
+        total = min(source_seconds(source), seconds or math.inf)
+        gop = max(1, int(round(keyframe_seconds * rate)))
+        params = f"keyint={gop}:min-keyint={gop}:scenecut=0" + (f":bframes={bframes}" if bframes is not None else "")
+        with av.open(str(out), "w") as dst:
+            encoder = dst.add_stream(encoder_name, rate=rate)
+            encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+            encoder.options = {**options, "g": str(gop), "keyint_min": str(gop),
+                               **({"x264-params": params} if codec == "h264" else {}),
+                               **({"x265-params": "log-level=error:" + params} if codec == "hevc" else {})}
+            wanted = int(round(total * rate))
+            frames = src.decode(stream)
+            frame, frame_index, index = None, -1, 0
+            while index < wanted:
+                needed = int(index * source_rate / rate)  # the source frame showing at this output time
+                while frame_index < needed:
+                    frame = next(frames, None)
+                    if frame is None:
+                        break
+                    frame_index += 1
+                if frame is None:
+                    break
+                picture = frame.reformat(width=width, height=height, format="yuv420p")
+                picture.pts, picture.time_base = index, Fraction(1, rate)
+                for packet in encoder.encode(picture):
+                    dst.mux(packet)
+                index += 1
+            for packet in encoder.encode(None):
+                dst.mux(packet)
+    return out

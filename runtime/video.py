@@ -140,39 +140,119 @@ def _seek_near(container, stream, seconds: float) -> bool:
     return True
 
 
+class _KeyframeHops:
+    """When to jump ahead to the keyframe before the next target instead of decoding up to it.
+
+    Phones record with a keyframe every second or two; sampling one frame per second then needs only the
+    frames from the keyframe before each target, not the 30 in between. The keyframe interval is learnt from
+    the keyframe packets seen while decoding in order (the largest interval so far, so an irregular stream
+    seeks only where a keyframe is certain to be ahead); a seek is made when the next keyframe is expected
+    after the packet being read and at or before the target. Only containers with an index (MP4/MOV,
+    Matroska/WebM) are sought; a seek that lands past the target goes back to the last keyframe known
+    before it and seeking stops, so the chosen frames are always the ones sequential decoding chooses. A seek
+    that lands behind what was already decoded wasted work; after MAX_MISSES of those seeking stops too.
+    """
+
+    MAX_MISSES = 2
+
+    INDEXED_FORMATS = ("mov", "mp4", "matroska", "webm")
+
+    def __init__(self, container, stream):
+        names = set((getattr(container.format, "name", "") or "").split(","))
+        self.enabled = bool(names & set(self.INDEXED_FORMATS)) and stream.time_base is not None
+        self.interval = None  # largest keyframe interval seen in order (s)
+        self.last = None  # time of the last keyframe packet seen
+        self.seeks = 0
+        self.misses = 0
+        self.sought_from = None  # the packet time at which the last seek was made
+
+    def saw_keyframe(self, time: float) -> None:
+        if self.last is not None and time > self.last:
+            self.interval = max(self.interval or 0.0, time - self.last)
+        self.last = time
+
+    def worth_seeking(self, position: float, target: float) -> bool:
+        if not (self.enabled and self.interval and self.last is not None):
+            return False
+        expected = self.last + self.interval
+        # a keyframe at the target itself is the usual case (a keyframe every second, targets every second)
+        return position < expected - SKIP_MARGIN_S and expected <= target + TIME_TOLERANCE_S
+
+    def seek(self, container, stream, seconds: float, position: float | None = None) -> bool:
+        self.seeks += 1
+        self.sought_from = position
+        self.last = None  # the next keyframe seen is where the seek landed: no interval across a jump
+        return _seek_near(container, stream, seconds)
+
+    def landed(self, time: float) -> None:
+        """The first frame after a seek presents at `time` (relative seconds)."""
+        if self.sought_from is not None and time <= self.sought_from + TIME_TOLERANCE_S:
+            self.misses += 1
+            self.enabled = self.misses < self.MAX_MISSES
+
+
 def _timed_frames(
-    path: str, container, stream, origin: float | None, wanted: SimpleNamespace | None = None
+    path: str, container, stream, origin: float | None, wanted: SimpleNamespace | None = None,
+    hops: _KeyframeHops | None = None,
 ) -> Iterator[tuple[float, av.VideoFrame]]:
     """(seconds since the stream's start, frame) for every decoded frame, decoder errors → MediaError.
 
     With `wanted` (an object whose `.seconds` is the next target time), packets that present before that
     time are decoded with skip_frame=NONREF: frames no other frame refers to are then not decoded at all,
-    which is safe because a frame presented before the target can never be the one chosen for it.
+    which is safe because a frame presented before the target can never be the one chosen for it. With
+    `hops` too, decoding jumps to the keyframe before the target when one is expected there (_KeyframeHops);
+    frames are then not yielded for the stretch jumped over, which presents before the target.
     """
     codec = stream.codec_context
     period = _frame_period(stream)
     previous_time = None
     shift = 0.0  # added after a timestamp reset, so time keeps running forward
+    landed_before = None  # after a seek: the keyframe known to precede the target, to go back to if it overshot
     try:
-        for packet in container.demux(stream):
-            if wanted is not None:
+        while True:
+            sought = False
+            for packet in container.demux(stream):
                 early = _packet_time(packet, origin) if shift == 0.0 else None
-                skippable = early is not None and early < wanted.seconds - SKIP_MARGIN_S
-                codec.skip_frame = "NONREF" if skippable else "DEFAULT"
-            for frame in packet.decode():
-                if frame.pts is not None and frame.time_base is not None:
-                    absolute = float(frame.pts * frame.time_base)
-                    if origin is None:
-                        origin = absolute
-                    time = absolute - origin + shift
-                    if previous_time is not None and time < previous_time - BACKWARD_JUMP_S:
-                        # clock reset (e.g. concatenated MPEG-TS): continue one frame after the previous one
-                        shift += previous_time + period - time
-                        time = previous_time + period
-                else:
-                    time = 0.0 if previous_time is None else previous_time + period
-                previous_time = time
-                yield time, frame
+                if hops is not None and early is not None and wanted is not None:
+                    if packet.is_keyframe:
+                        hops.saw_keyframe(early)
+                    if landed_before is None and hops.worth_seeking(early, wanted.seconds):
+                        known = hops.last
+                        # 1 us past the target: a keyframe at the target is found despite float rounding
+                        if hops.seek(container, stream, origin + wanted.seconds + TIME_TOLERANCE_S, early):
+                            landed_before, sought = known, True
+                            break
+                if wanted is not None:
+                    skippable = early is not None and early < wanted.seconds - SKIP_MARGIN_S
+                    codec.skip_frame = "NONREF" if skippable else "DEFAULT"
+                for frame in packet.decode():
+                    if frame.pts is not None and frame.time_base is not None:
+                        absolute = float(frame.pts * frame.time_base)
+                        if origin is None:
+                            origin = absolute
+                        time = absolute - origin + shift
+                        if landed_before is not None:
+                            if time > wanted.seconds + TIME_TOLERANCE_S:  # overshot: go back, stop seeking
+                                hops.enabled = False
+                                if not hops.seek(container, stream, origin + landed_before):
+                                    raise MediaError(path, "a seek landed past its target and seeking back failed")
+                                landed_before, sought, previous_time = None, True, None
+                                break
+                            hops.landed(time)
+                            landed_before = None
+                            previous_time = None  # a jump ahead is not a clock reset
+                        if previous_time is not None and time < previous_time - BACKWARD_JUMP_S:
+                            # clock reset (e.g. concatenated MPEG-TS): continue one frame after the previous one
+                            shift += previous_time + period - time
+                            time = previous_time + period
+                    else:
+                        time = 0.0 if previous_time is None else previous_time + period
+                    previous_time = time
+                    yield time, frame
+                if sought:
+                    break
+            if not sought:
+                return
     except av.FFmpegError as error:
         raise MediaError(path, f"video decoding failed, file corrupt or truncated ({_reason(error)})") from None
 
@@ -280,20 +360,22 @@ def iter_frames(
     try:
         stream = _video_stream(container, path, decode)
         wanted = SimpleNamespace(seconds=start)  # the next target; frames before it may be skipped
+        hops = _KeyframeHops(container, stream)
         origin = _first_frame_time(path) if start >= SEEK_MIN_START_S else None
         if origin is not None and _seek_near(container, stream, origin + start):
-            frames = _timed_frames(path, container, stream, origin, wanted)
+            frames = _timed_frames(path, container, stream, origin, wanted, hops)
             first = next(frames, None)
             if first is None or first[0] > start + TIME_TOLERANCE_S:
                 # landed past the target (or nowhere): unreliable index, decode from the beginning instead
                 container.close()
                 container = _open_container(path)
                 stream = _video_stream(container, path, decode)
-                frames = _timed_frames(path, container, stream, origin, wanted)
+                hops = _KeyframeHops(container, stream)
+                frames = _timed_frames(path, container, stream, origin, wanted, hops)
             else:
                 frames = _chain_first(first, frames)
         else:
-            frames = _timed_frames(path, container, stream, None, wanted)
+            frames = _timed_frames(path, container, stream, None, wanted, hops)
 
         index = 0
         last_time = None
