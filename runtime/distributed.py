@@ -327,7 +327,10 @@ def _ray_rows(rows: list[dict], embedder_arguments: dict, workers: int, address:
         blocks = min(len(rows), max(4 * workers, -(-len(rows) // SONGS_PER_BLOCK)))
         dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             SongEmbedder, batch_size=batch_size, batch_format="numpy", num_cpus=1,
-            compute=ray.data.ActorPoolStrategy(size=workers), fn_constructor_kwargs=embedder_arguments)
+            # one block in flight per actor: otherwise the first actor to start queues several blocks while
+            # the others are still loading the model, and ends the build alone
+            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
+            fn_constructor_kwargs=embedder_arguments)
         yield from dataset.iter_rows()
     except ray.exceptions.RayError as exc:  # a worker or node lost: finished shards are kept, re-run to resume
         lines = str(exc).strip().splitlines()
