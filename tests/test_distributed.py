@@ -25,6 +25,15 @@ def test_the_runtime_never_imports_ray_at_import_time():
     assert out.stdout.strip() == "ok", out.stdout
 
 
+def test_without_ray_the_build_says_how_to_install_it(songs_dir, model_dirs, tmp_path, monkeypatch):  # noqa: F811
+    from tivm.runtime.errors import TivmError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an install without the extra gives: ImportError
+    with pytest.raises(TivmError, match=r"pip install 'tivm\[distributed\]'"):
+        build_distributed(songs_dir, model_dirs[0], tmp_path, shard_count=2, engine="ray")
+    assert not list(tmp_path.glob("shard-*"))
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray", reason="Ray Data is an optional extra: pip install 'tivm[distributed]'")

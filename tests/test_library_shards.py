@@ -143,6 +143,11 @@ def test_rerun_skips_finished_shards_and_redoes_only_changed_ones(sharded, songs
                if p.name != shard_file_name(index, COUNT))
     lib = merge_shards(third.shard_files, tmp_path / "lib.npz").library
     assert new in list(lib.paths) and lib.n_songs == 5
+    # a song edited in place: a plain re-run reads no song so cannot see it; --rehash re-embeds just that one
+    shutil.copy(songs / SONGS[2], songs / SONGS[1])
+    assert not build_distributed(songs, model_dirs[0], folder, engine="local").embedded
+    rehashed = build_distributed(songs, model_dirs[0], folder, engine="local", rehash=True)
+    assert rehashed.embedded == [SONGS[1]] and len(rehashed.reused) == 4
 
 
 def test_merge_refuses_damaged_missing_foreign_and_duplicate_shards(sharded, single, songs_dir, model_dirs,
@@ -286,3 +291,18 @@ def test_a_worker_with_another_model_stops_the_build(songs_dir, model_dirs):
     assert out["status"][0] == "fatal" and "give every node the same model" in out["error"][0]
     broken = SongEmbedder(str(songs_dir), 5.0, other)  # not a model directory on this worker
     assert "manifest.json" in broken.problem and "on worker" in broken.problem
+
+
+def test_a_shard_with_a_garbled_shard_record_is_refused(sharded, tmp_path):
+    import dataclasses
+
+    report, _ = sharded
+    files = report.shard_files
+    shard = SongLibrary.load(files[0], mmap=False)
+    for record, problem in (({**shard.meta["shard"], "index": 7}, "index 7 of count 3"),
+                            ({**shard.meta["shard"], "failed": "everything"}, "failed is not a list"),
+                            ("shard zero", "not an object")):
+        bad = tmp_path / files[0].name
+        dataclasses.replace(shard, meta={**shard.meta, "shard": record}).save(bad)
+        with pytest.raises(LibraryError, match=problem):
+            merge_shards([bad] + files[1:], tmp_path / "songs.npz")
