@@ -167,6 +167,8 @@ def build_distributed(songs_dir: str | os.PathLike, model_dir: str | os.PathLike
         raise ValueError(f"workers must be at least 1, got {workers!r}")
     model = Model.load(model_dir, branches=())  # the manifest only: fingerprint and meta; workers open sessions
     files, others = scan_songs(root)
+    if not files:
+        raise LibraryError(f"{root}: no songs (no file with an audio extension; {len(others)} other files)")
     relatives = [p.relative_to(root).as_posix() for p in files]
     report = DistributedReport(ignored=[p.relative_to(root).as_posix() for p in others])
     with ExitStack() as held:
@@ -178,7 +180,7 @@ def build_distributed(songs_dir: str | os.PathLike, model_dir: str | os.PathLike
         count = _shard_count(shards_dir, shard_count, len(relatives))
         report.shard_count = count
         assignment = assign_shards(relatives, count)
-        plans = []  # (index, assigned songs, previous shard library or None)
+        plans = []  # (index, assigned songs, this shard's previous file to re-use songs from, or None)
         for index, assigned in enumerate(assignment):
             done, previous, note = _existing_shard(shards_dir, index, count, assigned, model.fingerprint, root,
                                                    hop_seconds, rehash)

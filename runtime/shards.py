@@ -200,31 +200,79 @@ def merge_shards(parts: Sequence[str | os.PathLike], output: str | os.PathLike, 
             raise LibraryError(f"{path}: given twice (also as {seen[key]})")
         seen[key] = path
     with output_lock(output):
-        libraries = [SongLibrary.load(path) for path in paths]  # validates each; embeddings stay memory-mapped
+        parts_read: list[_Part] = []
+        for path in paths:  # one at a time: thousands of shards must not hold thousands of open memory maps
+            library = SongLibrary.load(path)  # validated in full
+            _check_compatible(library, parts_read[0] if parts_read else None, model_fingerprint)
+            parts_read.append(_Part.of(library))
+            del library
         report = MergeReport(parts=paths)
-        reference = libraries[0]
-        for library in libraries:
-            _check_compatible(library, reference, model_fingerprint)
-        records = [_record_of(library) for library in libraries]
+        reference = parts_read[0]
+        records = [_record_of(part) for part in parts_read]
         report.empty_shards = _check_shard_set(paths, records, reference)
         for record in records + [read_empty_shard(p).record for p in report.empty_shards]:
             if record is not None:
                 report.failed.extend((p, m) for p, m in record.get("failed", []))
-        merged, report.note = _concatenate(libraries)
+        merged, report.note = _concatenate(parts_read)
         merged.validate()
         merged.save(output)
         report.library = SongLibrary.load(output)
     return report
 
 
-def _check_compatible(library: SongLibrary, reference: SongLibrary, model_fingerprint: str | None) -> None:
-    where, first = library.source, reference.source
+@dataclass(frozen=True, eq=False)
+class _Part:
+    """What a merge keeps of a validated part: everything but its window vectors (read again when copied)."""
+
+    source: Path
+    meta: dict
+    n_windows: int
+    dim: int
+    window_start: np.ndarray
+    song_offsets: np.ndarray
+    song_embeddings: np.ndarray
+    titles: np.ndarray
+    paths: np.ndarray
+    durations: np.ndarray
+    sha256: np.ndarray
+
+    @property
+    def model_fingerprint(self) -> str:
+        return self.meta["model_fingerprint"]
+
+    @classmethod
+    def of(cls, library: SongLibrary) -> "_Part":
+        arrays = {name: np.asarray(getattr(library, name)) for name in (
+            "window_start", "song_offsets", "song_embeddings", "titles", "paths", "durations", "sha256")}
+        return cls(library.source, library.meta, len(library.window_start), int(library.embeddings.shape[1]),
+                   **arrays)
+
+    def window_vectors(self) -> np.ndarray:
+        """The part's window vectors, read whole (one shard at a time), checked against what was validated."""
+        try:
+            with np.load(self.source, allow_pickle=False) as npz:
+                vectors = npz["embeddings"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise LibraryError(f"{self.source}: became unreadable during the merge ({exc})") from None
+        if vectors.shape != (self.n_windows, self.dim):
+            raise LibraryError(f"{self.source}: changed during the merge (windows {vectors.shape})")
+        return vectors
+
+
+def _check_compatible(library: SongLibrary, reference: "_Part | None", model_fingerprint: str | None) -> None:
+    where = library.source
     if getattr(library, "form", "full") != "full" or library.embeddings is None:
         # each compact library has its own PCA, fitted on its own windows: codes of two cannot be joined
         raise LibraryError(f"{where}: a compact library; merge the full-form shards, then compact the result")
+    root = library.meta.get("root", "")
+    if not (isinstance(root, str) and os.path.isabs(root)):
+        raise LibraryError(f"{where}: songs folder {root!r} is not an absolute path; cannot place its songs")
     if model_fingerprint is not None and library.model_fingerprint != model_fingerprint:
         raise LibraryError(f"{where}: embedded by model {library.model_fingerprint[:12]}… "
                            f"({library.meta.get('model_dir')}), not by the given model {model_fingerprint[:12]}…")
+    if reference is None:
+        return
+    first = reference.source
     if library.model_fingerprint != reference.model_fingerprint:
         raise LibraryError(f"{where}: embedded by model {library.model_fingerprint[:12]}… "
                            f"({library.meta.get('model_dir')}), but {first} by {reference.model_fingerprint[:12]}… "
@@ -232,19 +280,17 @@ def _check_compatible(library: SongLibrary, reference: SongLibrary, model_finger
     for key in ("hop_seconds", "window_seconds"):
         if float(library.meta[key]) != float(reference.meta[key]):
             raise LibraryError(f"{where}: {key} {library.meta[key]} differs from {first}'s {reference.meta[key]}")
-    if library.dim != reference.dim:
-        raise LibraryError(f"{where}: embedding dimension {library.dim} differs from {first}'s {reference.dim}")
-    root = library.meta.get("root", "")
-    if not (isinstance(root, str) and os.path.isabs(root)):
-        raise LibraryError(f"{where}: songs folder {root!r} is not an absolute path; cannot place its songs")
+    dim = int(library.embeddings.shape[1])
+    if dim != reference.dim:
+        raise LibraryError(f"{where}: embedding dimension {dim} differs from {first}'s {reference.dim}")
 
 
-def _record_of(library: SongLibrary) -> dict | None:
-    record = library.meta.get(SHARD_KEY)
-    return None if record is None else check_shard_record(record, library.source)
+def _record_of(part: "_Part") -> dict | None:
+    record = part.meta.get(SHARD_KEY)
+    return None if record is None else check_shard_record(record, part.source)
 
 
-def _check_shard_set(paths: list[Path], records: list[dict | None], reference: SongLibrary) -> list[Path]:
+def _check_shard_set(paths: list[Path], records: list[dict | None], reference: "_Part") -> list[Path]:
     """Every shard of each sharded build present exactly once; returns the empty-shard markers used."""
     counts = {r["count"] for r in records if r is not None}
     if len(counts) > 1:
@@ -286,54 +332,51 @@ def _check_shard_set(paths: list[Path], records: list[dict | None], reference: S
     return empty
 
 
-def _concatenate(libraries: list[SongLibrary]) -> tuple[SongLibrary, str]:
+def _concatenate(parts: list[_Part]) -> tuple[SongLibrary, str]:
     """One library of every part's songs, in build order; paths rebased onto the parts' common folder
-    when they were built from different folders."""
-    roots = [str(library.meta["root"]) for library in libraries]
+    when they were built from different folders. The window vectors are copied part by part into the one
+    output array, so the merge holds the output and one part at a time."""
+    roots = [str(part.meta["root"]) for part in parts]
     common = roots[0] if len(set(roots)) == 1 else os.path.commonpath(roots)
     note = "" if len(set(roots)) == 1 else f"parts come from different folders: song paths made relative to {common}"
     songs = []  # (relative path under common, part, song index)
     owner: dict[str, Path] = {}
-    for part, (library, root) in enumerate(zip(libraries, roots)):
+    for p, (part, root) in enumerate(zip(parts, roots)):
         prefix = PurePosixPath(Path(root).relative_to(common).as_posix()) if root != common else None
-        for i, path in enumerate(library.paths):
+        for i, path in enumerate(part.paths):
             relative = str(path) if prefix is None else str(prefix / str(path))
             if relative in owner:
-                raise LibraryError(f"{library.source}: song {relative!r} is also in {owner[relative]}; "
+                raise LibraryError(f"{part.source}: song {relative!r} is also in {owner[relative]}; "
                                    "a song may be in one part only")
-            owner[relative] = library.source
-            songs.append((relative, part, i))
+            owner[relative] = part.source
+            songs.append((relative, p, i))
     songs.sort(key=lambda song: path_order(song[0]))
-    window_rows, counts = [], []
-    for _, part, i in songs:
-        offsets = libraries[part].song_offsets
-        window_rows.append((part, int(offsets[i]), int(offsets[i + 1])))
-        counts.append(int(offsets[i + 1] - offsets[i]))
+    counts = np.array([int(parts[p].song_offsets[i + 1] - parts[p].song_offsets[i]) for _, p, i in songs],
+                      dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    copies: list[list[tuple[int, int, int]]] = [[] for _ in parts]  # per part: (source row, rows, output row)
+    for (_, p, i), start, n in zip(songs, offsets[:-1], counts):
+        copies[p].append((int(parts[p].song_offsets[i]), int(n), int(start)))
+    embeddings = np.empty((int(offsets[-1]), parts[0].dim), dtype=np.float16)
+    window_start = np.empty(int(offsets[-1]), dtype=np.float32)
+    for part, part_copies in zip(parts, copies):
+        vectors = part.window_vectors()
+        for source, n, start in part_copies:
+            embeddings[start:start + n] = vectors[source:source + n]
+            window_start[start:start + n] = part.window_start[source:source + n]
+        del vectors
 
-    def windows(name: str, dtype) -> np.ndarray:
-        """Rows copied part by part into one array: the merge holds the output once, the parts stay mapped."""
-        first = getattr(libraries[0], name)
-        out = np.empty((sum(counts),) + first.shape[1:], dtype=dtype)
-        row = 0
-        for p, a, b in window_rows:
-            out[row:row + b - a] = getattr(libraries[p], name)[a:b]
-            row += b - a
-        return out
+    def per_song(name: str, dtype) -> np.ndarray:
+        return np.array([getattr(parts[p], name)[i] for _, p, i in songs], dtype=dtype)
 
-    def per_song(name: str, dtype=None) -> np.ndarray:
-        values = [getattr(libraries[p], name)[i] for _, p, i in songs]
-        return np.array(values, dtype=dtype) if dtype is not None else np.array(values)
-
-    reference = libraries[0]
-    meta = {key: value for key, value in reference.meta.items() if key != SHARD_KEY}
+    meta = {key: value for key, value in parts[0].meta.items() if key != SHARD_KEY}
     meta.update(root=common, created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                merged_from=len(libraries))
+                merged_from=len(parts))
     merged = SongLibrary(
-        embeddings=windows("embeddings", np.float16),
-        window_start=windows("window_start", np.float32),
-        song_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        song_embeddings=np.stack([np.asarray(libraries[p].song_embeddings[i], dtype=np.float16)
-                                  for _, p, i in songs]),
+        embeddings=embeddings,
+        window_start=window_start,
+        song_offsets=offsets,
+        song_embeddings=np.stack([np.asarray(parts[p].song_embeddings[i], dtype=np.float16) for _, p, i in songs]),
         titles=per_song("titles", str),
         paths=np.array([relative for relative, _, _ in songs], dtype=str),
         durations=per_song("durations", np.float32),
