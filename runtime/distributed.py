@@ -44,6 +44,7 @@ from tivm.runtime.library import (
     scan_songs,
 )
 from tivm.runtime.shards import (
+    BUILD_LOCK_NAME,
     EMPTY_SUFFIX,
     MAX_SHARDS,
     SHARD_KEY,
@@ -59,7 +60,6 @@ INSTALL_HINT = "pip install 'tivm[distributed]'"
 SONGS_PER_SHARD = 1000  # default shard size: a shard is a unit of resumption and of driver memory
 SONGS_PER_BLOCK = 100  # Ray Data block size: songs take seconds each, so scheduling overhead is negligible
 ENGINES = ("ray", "local")
-LOCK_NAME = "shards"  # library.output_lock on it: the lock file is .shards.lock in the shards folder
 
 
 @dataclass
@@ -173,7 +173,7 @@ def build_distributed(songs_dir: str | os.PathLike, model_dir: str | os.PathLike
     report = DistributedReport(ignored=[p.relative_to(root).as_posix() for p in others])
     with ExitStack() as held:
         try:
-            held.enter_context(output_lock(shards_dir / LOCK_NAME))
+            held.enter_context(output_lock(shards_dir / BUILD_LOCK_NAME))
         except LibraryError:
             raise OutputError(f"{shards_dir}: another build is writing shards into this folder now; wait for it "
                               "to finish (or use another folder)") from None

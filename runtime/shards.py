@@ -24,7 +24,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import zipfile
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -40,6 +42,8 @@ SHARD_KEY = "shard"
 EMPTY_FORMAT = "tivm-library-empty-shard"
 EMPTY_SUFFIX = ".empty.json"
 MAX_SHARDS = 99999  # five digits in the file names
+SHARD_NAME = re.compile(r"shard-\d{5}-of-\d{5}\.npz")
+BUILD_LOCK_NAME = "shards"  # library.output_lock on <folder>/shards: the lock file is .shards.lock
 
 
 def shard_index(relative: str, count: int) -> int:
@@ -199,7 +203,9 @@ def merge_shards(parts: Sequence[str | os.PathLike], output: str | os.PathLike, 
         if key in seen:
             raise LibraryError(f"{path}: given twice (also as {seen[key]})")
         seen[key] = path
-    with output_lock(output):
+    with output_lock(output), ExitStack() as held:
+        for folder in dict.fromkeys(p.parent for p in paths if SHARD_NAME.fullmatch(p.name)):
+            _hold_build_lock(held, folder)
         parts_read: list[_Part] = []
         for path in paths:  # one at a time: thousands of shards must not hold thousands of open memory maps
             library = SongLibrary.load(path)  # validated in full
@@ -218,6 +224,18 @@ def merge_shards(parts: Sequence[str | os.PathLike], output: str | os.PathLike, 
         merged.save(output)
         report.library = SongLibrary.load(output)
     return report
+
+
+def _hold_build_lock(held: ExitStack, folder: Path) -> None:
+    """Hold the shards folder's build lock while merging its shards: a build still writing them would
+    otherwise be merged half done. A folder this process cannot write in has no build writing either."""
+    try:
+        held.enter_context(output_lock(folder / BUILD_LOCK_NAME))
+    except LibraryError:
+        raise LibraryError(f"{folder}: a build is writing shards into this folder now; merge when it has "
+                           "finished") from None
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True, eq=False)

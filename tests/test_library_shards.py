@@ -237,6 +237,8 @@ def test_two_writers_of_one_output_are_refused(sharded, songs_dir, model_dirs, t
     with output_lock(shards / "shards"):  # the shards folder's lock: a second build stops before any work
         with pytest.raises(OutputError, match="another build is writing shards into this folder"):
             build_distributed(songs_dir, model_dirs[0], shards, engine="local")
+        with pytest.raises(LibraryError, match="a build is writing shards into this folder now"):
+            merge_shards(report.shard_files, out)  # its shards may be half done
     # a lock file left by a process that died holds nothing (the OS lock went with the process)
     (tmp_path / ".songs.npz.lock").write_text("")
     assert merge_shards(report.shard_files, out).library.n_songs == 4
