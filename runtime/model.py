@@ -126,12 +126,15 @@ class Branch:
 
     def __init__(self, name: str, path: str | os.PathLike, spec: BranchManifest, *,
                  intra_op_threads: int | None = None, providers: Sequence[str] | None = None,
-                 batch_windows: int = DEFAULT_BATCH_WINDOWS):
+                 batch_windows: int = DEFAULT_BATCH_WINDOWS, verified: bool = False):
+        """`verified`: the files' sha256s were checked against the manifest (Model.load does), so the
+        optimized-graph cache, keyed by them, may be used."""
         self.name = name
         self.path = Path(path)
         self.spec = spec
         self.batch_windows = RAW_BATCH_WINDOWS if spec.kind == "raw" else batch_windows
-        self.session = _open_session(self.path, intra_op_threads, resolve_providers(providers))
+        self.session = _open_session(self.path, intra_op_threads, resolve_providers(providers),
+                                     spec.sha256 if verified else None)
         self.input_name, self.output_name = _check_io(self.path, self.session, spec)
         self.hop_name = spec.hop.name if spec.hop is not None else None
         self.window_steps = window_steps_for(name, spec)
@@ -316,7 +319,7 @@ class WindowHead:
 
     def __init__(self, branch: VideoBranch, path: Path, spec: BranchManifest, *,
                  intra_op_threads: int | None = None, providers: Sequence[str] | None = None,
-                 batch_windows: int = DEFAULT_BATCH_WINDOWS):
+                 batch_windows: int = DEFAULT_BATCH_WINDOWS, verified: bool = False):
         self.branch = branch
         self.name = branch.name
         self.path = path
@@ -327,7 +330,8 @@ class WindowHead:
         if self.features.name not in [o.name for o in branch.session.get_outputs()]:
             raise ModelError(f"{branch.path}: no output named {self.features.name!r} (the manifest's stream "
                              "features): the file is not the one the split was made from")
-        self.session = _open_session(path, intra_op_threads, resolve_providers(providers))
+        self.session = _open_session(path, intra_op_threads, resolve_providers(providers),
+                                     spec.stream.sha256 if verified else None)
         inputs = self.session.get_inputs()
         if [i.name for i in inputs] != [self.features.name] or len(inputs[0].shape) != 3:
             raise ModelError(f"{path}: expected one (batch, time, F) input named {self.features.name!r}, the graph "
@@ -543,7 +547,7 @@ def _open_branch(model_dir: Path, manifest: ModelManifest, name: str, options: d
     if spec.stream is not None:
         _checked_file(model_dir, spec.stream)
     _check_frontend(name, spec, model_dir)
-    return BRANCH_CLASSES[name](name, path, spec, **options)
+    return BRANCH_CLASSES[name](name, path, spec, verified=True, **options)
 
 
 def cpu_has_amx() -> bool | None:
@@ -603,15 +607,22 @@ def _canonical(params: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(params, sort_keys=True))
 
 
-def _open_session(path: Path, intra_op_threads: int | None, providers: list[str]):
+def _open_session(path: Path, intra_op_threads: int | None, providers: list[str], sha256: str | None = None):
+    """An onnxruntime session for `path`; with the file's (checked) sha256, through the optimized-graph cache."""
     import onnxruntime as ort
 
-    try:
-        return ort.InferenceSession(str(path), sess_options=session_options(intra_op_threads),
-                                    providers=providers)
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/RuntimeException types
-        problem = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: not a loadable ONNX model ({problem})") from None
+    def open_file(file: Path, options):
+        try:
+            return ort.InferenceSession(str(file), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/RuntimeException types
+            problem = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{path}: not a loadable ONNX model ({problem})") from None
+
+    if sha256 is None:
+        return open_file(path, session_options(intra_op_threads))
+    from tivm.runtime.session_cache import open_cached
+
+    return open_cached(path, sha256, providers, lambda: session_options(intra_op_threads), open_file)
 
 
 def _check_io(path: Path, session, spec: BranchManifest) -> tuple[str, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from tivm.runtime.model import Model, WindowEmbeddings
 from tivm.runtime.search import make_search
 
 MODEL_ENV = "TIVM_MODEL"
-HOME_ENV = "TIVM_HOME"  # the same cache root as the weights (tivm.train.weights)
 AUDIO_SAMPLE_RATE = 16000  # tivm.runtime.audio.SAMPLE_RATE, without importing PyAV to say so (a test checks)
 
 
@@ -60,15 +58,9 @@ def index_cache_dir() -> Path:
     Never beside the library: a library is data someone may have handed the user, and a file next to it
     could be a crafted index that FAISS's reader was never meant to parse. Only files tivm wrote are read.
     """
-    if os.environ.get(HOME_ENV):
-        return Path(os.environ[HOME_ENV]) / "index"
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "tivm" / "index"
+    from tivm.runtime.session_cache import cache_root
+
+    return cache_root() / "index"
 
 
 def _index_cache(library: SongLibrary) -> dict:

@@ -11,6 +11,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TIVM_SHARED", REPO.parent / "shared"))
 
 
+def pytest_configure(config):
+    """tivm's caches (optimized onnxruntime graphs, search indexes) go to a folder of this test session's,
+    not the user's: a test run must neither read what earlier runs left nor leave files behind."""
+    if "TIVM_HOME" not in os.environ:
+        import tempfile
+
+        os.environ["TIVM_HOME"] = tempfile.mkdtemp(prefix="tivm-test-home-")
+
+
 def shared_path(*parts: str) -> Path:
     """Path under ../shared, or skip the test with the reason when it is not there."""
     path = SHARED.joinpath(*parts)
