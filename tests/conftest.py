@@ -17,7 +17,16 @@ def pytest_configure(config):
     if "TIVM_HOME" not in os.environ:
         import tempfile
 
-        os.environ["TIVM_HOME"] = tempfile.mkdtemp(prefix="tivm-test-home-")
+        os.environ["TIVM_HOME"] = config._tivm_home = tempfile.mkdtemp(prefix="tivm-test-home-")
+
+
+def pytest_unconfigure(config):
+    home = getattr(config, "_tivm_home", None)
+    if home:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+        os.environ.pop("TIVM_HOME", None)
 
 
 def shared_path(*parts: str) -> Path:
