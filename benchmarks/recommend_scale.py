@@ -57,7 +57,7 @@ def big_library(template_path: Path, out: Path, n_songs: int, seed: int = 0, for
     from tivm.runtime.library import SongLibrary
 
     template = SongLibrary.load(template_path)
-    library = synthetic_big_library(n_songs, meta=template.meta, seed=seed)
+    library = synthetic_big_library(n_songs, meta=template.meta, dim=template.dim, seed=seed)
     if form == "compact":
         library = library.compacted(dims)
     library.save(out)
@@ -65,7 +65,8 @@ def big_library(template_path: Path, out: Path, n_songs: int, seed: int = 0, for
             "dims": dims if form == "compact" else library.dim, "file_mib": out.stat().st_size / 2**20}
 
 
-def synthetic_big_library(n_songs: int, meta: dict | None = None, fingerprint: str = "0" * 64, seed: int = 0):
+def synthetic_big_library(n_songs: int, meta: dict | None = None, fingerprint: str = "0" * 64, dim: int = 512,
+                          seed: int = 0):
     """An in-memory full SongLibrary of n_songs random songs of 180-240 s, a window every 5 s; `meta` (a real
     library's, so a model accepts it) or a minimal one recording `fingerprint`."""
     from tivm.runtime.library import FORMAT, VERSION, SongLibrary
@@ -73,7 +74,6 @@ def synthetic_big_library(n_songs: int, meta: dict | None = None, fingerprint: s
     if meta is None:
         meta = {"format": FORMAT, "version": VERSION, "model_fingerprint": fingerprint, "model_dir": "",
                 "root": "/synthetic", "hop_seconds": HOP_SECONDS, "window_seconds": WINDOW_SECONDS}
-    dim = 512
     rng = np.random.default_rng(seed)
     durations = rng.uniform(180, 240, n_songs).astype(np.float32)
     per_song = (np.floor((durations - WINDOW_SECONDS) / HOP_SECONDS) + 2).astype(np.int64)  # + the tail window

@@ -1,8 +1,13 @@
-"""Song search latency vs library size: exact numpy search (tivm.runtime.search.ExactSearch) vs FAISS HNSW
-(FaissSearch), and the recall of the approximate top 10 songs against the exact top 10.
+"""Song search latency vs library size: exact numpy search (tivm.runtime.search.ExactSearch), the compact
+library's int8 PCA scan (CompactSearch) and FAISS HNSW (FaissSearch), and the recall of the approximate top
+10 songs against the exact top 10.
 
     .venv/bin/python benchmarks/search_scaling.py [--sizes 10000,30000,100000,300000] [--dim 512]
-        [--queries 50] [--ef-search 256,1024] [--exact-only] [--threads 1] [--json out.json]
+        [--queries 50] [--ef-search 256,1024] [--compact-dims 128] [--exact-only] [--threads 1] [--json out.json]
+
+The compact scan's recall here is a worst case (these synthetic windows spread evenly over all 512 dims, which
+no PCA can shorten); its accuracy on real embeddings is benchmarks/library_compact.py's. Its time does not
+depend on the values.
 
 Synthetic libraries shaped like real ones: songs of 40 windows (a 3.5 min song at hop 5 s), each window a
 song centre plus noise, L2-normalised, stored float16 as in a library; queries are noisy song centres.
@@ -50,11 +55,13 @@ def queries_for(centres, n: int, rng):
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-def measure(n_windows: int, dim: int, n_queries: int, with_faiss: bool, ef_search: list[int]) -> dict:
+def measure(n_windows: int, dim: int, n_queries: int, with_faiss: bool, ef_search: list[int],
+            compact_dims: int = 0) -> dict:
     import numpy as np
 
     from benchmarks._search import time_queries
-    from tivm.runtime.search import ExactSearch, FaissSearch
+    from tivm.runtime.compact import CompactWindows
+    from tivm.runtime.search import CompactSearch, ExactSearch, FaissSearch
 
     rng = np.random.default_rng(SEED)
     embeddings, offsets, centres = synthetic_library(n_windows, dim, rng)
@@ -72,6 +79,20 @@ def measure(n_windows: int, dim: int, n_queries: int, with_faiss: bool, ef_searc
            "exact_p90_ms": round(1000 * sorted(exact_times)[int(0.9 * (len(exact_times) - 1))], 2),
            "exact_setup_s": round(exact_setup, 3), "exact_float32": exact.embeddings.dtype == np.float32,
            "exact_streamed_float16_median_ms": round(1000 * statistics.median(streamed_times), 2)}
+    if compact_dims:
+        t0 = time.perf_counter()
+        windows = CompactWindows.fit(embeddings, compact_dims)
+        fit_s = time.perf_counter() - t0
+        compact = CompactSearch(windows, offsets)
+        time_queries(compact, queries[:2], TOP)
+        compact_times, compact_hits = time_queries(compact, queries, TOP)
+        recall = [len(set(e.songs.tolist()) & set(a.songs.tolist())) / TOP for e, a in zip(exact_hits, compact_hits)]
+        row["compact"] = {"dims": compact_dims, "codes_mib": round(windows.nbytes / 2**20, 1),
+                          "fit_encode_s": round(fit_s, 2),
+                          "median_ms": round(1000 * statistics.median(compact_times), 2),
+                          "p90_ms": round(1000 * sorted(compact_times)[int(0.9 * (len(compact_times) - 1))], 2),
+                          "recall_at_10_synthetic": round(statistics.mean(recall), 4)}
+        del windows, compact
     if not with_faiss:
         return row
     t0 = time.perf_counter()
@@ -107,6 +128,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads for numpy and FAISS")
     parser.add_argument("--budget-ms", type=float, default=100.0, help="latency budget for exact search")
     parser.add_argument("--ef-search", default="256,1024", help="HNSW efSearch values to try on each index")
+    parser.add_argument("--compact-dims", type=int, default=128, help="PCA dims of the compact scan (0: skip it)")
     parser.add_argument("--exact-only", action="store_true", help="skip FAISS (its build dominates large sizes)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -126,7 +148,8 @@ def main() -> None:
     machine = _machine.describe(REPO, args.threads)
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
-        row = measure(size, args.dim, args.queries, with_faiss, [int(e) for e in args.ef_search.split(",")])
+        row = measure(size, args.dim, args.queries, with_faiss, [int(e) for e in args.ef_search.split(",")],
+                      args.compact_dims)
         rows.append(row)
         print(json.dumps(row), flush=True)
     report = {"benchmark": "search_scaling", "machine": machine, "threads": args.threads,

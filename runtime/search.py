@@ -25,6 +25,11 @@ from tivm.runtime.files import atomic_path, write_text
 # approximate search"), so "auto" stays exact while the copy fits and only larger libraries go to HNSW.
 FLOAT32_COPY_MAX_BYTES = 1 << 30
 CHUNK_WINDOWS = 1 << 16  # rows per matmul: bounds the float32 copy of a float16 memory map
+# songs of the compact scan re-scored exactly when the full vectors are there: on real embeddings the scan's
+# score error (a few thousandths) moves exact's top 10 only within the scan's top few dozen songs
+# (docs/benchmarks/library_compact.md)
+RESCORE_SONGS_PER_RESULT = 10
+RESCORE_MIN_SONGS = 100
 ANN_CANDIDATES_PER_RESULT = 32  # windows retrieved per song asked for
 MIN_ANN_CANDIDATES = 512
 HNSW_NEIGHBOURS = 32
@@ -91,18 +96,35 @@ class ExactSearch:
 
 
 class CompactSearch:
-    """Every window of a compact library scored from its int8 PCA codes (tivm.runtime.compact)."""
+    """Every window scored from its int8 PCA codes (tivm.runtime.compact), without a float32 copy.
+
+    With `exact_windows` (the full library's vectors, e.g. its float16 memory map) the best
+    max(RESCORE_MIN_SONGS, RESCORE_SONGS_PER_RESULT * k) songs of the scan are re-scored exactly, every
+    window of each, so their scores and best windows are exact search's; only the few pages of those
+    songs are read. A compact library alone has no exact vectors: its scores are the scan's.
+    """
 
     name = "compact"
 
-    def __init__(self, windows: CompactWindows, song_offsets: np.ndarray):
+    def __init__(self, windows: CompactWindows, song_offsets: np.ndarray, exact_windows: np.ndarray | None = None):
         self.windows = windows
         self.song_offsets = np.asarray(song_offsets)
+        self.exact_windows = exact_windows
 
     def top_songs(self, query: np.ndarray, k: int) -> SongHits:
         best, rows = best_window_per_song(self.windows.window_scores(query), self.song_offsets)
-        order = top_k(best, k)
-        return SongHits(order, best[order], rows[order])
+        if self.exact_windows is None:
+            order = top_k(best, k)
+            return SongHits(order, best[order], rows[order])
+        candidates = np.sort(top_k(best, max(RESCORE_MIN_SONGS, RESCORE_SONGS_PER_RESULT * k)))
+        starts, stops = self.song_offsets[candidates], self.song_offsets[candidates + 1]
+        window_rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])
+        vectors = np.asarray(self.exact_windows[window_rows], dtype=np.float32)
+        scores = vectors @ np.asarray(query, dtype=np.float32).reshape(-1)
+        local_offsets = np.concatenate([[0], np.cumsum(stops - starts)])
+        exact_best, local_rows = best_window_per_song(scores, local_offsets)
+        order = top_k(exact_best, k)
+        return SongHits(candidates[order], exact_best[order], window_rows[local_rows[order]])
 
 
 class FaissSearch:
@@ -189,7 +211,8 @@ def make_search(embeddings: np.ndarray | CompactWindows, song_offsets: np.ndarra
 
     A compact library is searched by its codes ("auto" or "compact"); exact and HNSW need the full vectors,
     which it no longer holds. For a full library: "exact", "hnsw", "compact" (fits the PCA and encodes every
-    window when called: seconds per 100k windows), or "auto": exact while its float32 copy fits
+    window when called, seconds per 100k windows; scans the codes, then re-scores the best songs exactly from
+    `embeddings`), or "auto": exact while its float32 copy fits
     FLOAT32_COPY_MAX_BYTES (about 520k windows at 512-d), else HNSW when faiss-cpu is installed (else exact,
     streaming float16).
 
@@ -214,7 +237,8 @@ def make_search(embeddings: np.ndarray | CompactWindows, song_offsets: np.ndarra
     if method == "exact":
         return ExactSearch(embeddings, song_offsets)
     if method == "compact":
-        return CompactSearch(CompactWindows.fit(embeddings, min(DEFAULT_DIMS, embeddings.shape[1])), song_offsets)
+        return CompactSearch(CompactWindows.fit(embeddings, min(DEFAULT_DIMS, embeddings.shape[1])), song_offsets,
+                             exact_windows=embeddings)
     if index_path is not None:
         return FaissSearch.cached(embeddings, song_offsets, Path(index_path), index_key or {})
     return FaissSearch(embeddings, song_offsets)

@@ -94,6 +94,26 @@ def test_fewer_dims_than_the_data_spans_lose_accuracy(full):
     assert errors[8] > 2 * errors[16]
 
 
+def test_rescoring_from_the_full_vectors_gives_exact_search_results():
+    """An 8-d scan of 12-d data misranks songs; re-scoring its best songs exactly must give exact's answer."""
+    from tivm.runtime.search import RESCORE_MIN_SONGS
+
+    full = low_rank_library(n_songs=3 * RESCORE_MIN_SONGS, windows_per_song=4)  # not every song is re-scored
+    coarse = CompactWindows.fit(full.embeddings, 8)
+    exact = ExactSearch(full.embeddings, full.song_offsets)
+    scan_only = CompactSearch(coarse, full.song_offsets)
+    rescored = CompactSearch(coarse, full.song_offsets, exact_windows=full.embeddings)
+    scan_differs = 0
+    for query in queries(full, 30):
+        want = exact.top_songs(query, 5)
+        got = rescored.top_songs(query, 5)
+        np.testing.assert_array_equal(got.songs, want.songs)
+        np.testing.assert_array_equal(got.windows, want.windows)
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+        scan_differs += not np.array_equal(scan_only.top_songs(query, 5).songs, want.songs)
+    assert scan_differs > 0  # otherwise this test would not show the re-score doing anything
+
+
 def test_decode_rebuilds_the_windows(full):
     compact = full.compacted(16)
     rebuilt = compact.window_vectors(0, full.n_windows)
