@@ -39,7 +39,9 @@ from __future__ import annotations
 import json
 import os
 import struct
+import tokenize
 import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -80,6 +82,11 @@ UNIT_NORM_TOLERANCE = 0.01
 START_TOLERANCE_SECONDS = 0.5  # window starts are rounded to steps of 0.96 s or 1 / fps
 MAX_SECONDS = 86400.0  # hop and window lengths beyond a day are not settings but corruption
 CHECK_CHUNK_ROWS = 1 << 16  # rows per finiteness/norm check: bounds the float32 copy of a memory map
+# what reading a damaged archive raises (found by fuzzing single bytes): a bad deflate stream, a compression
+# method number zipfile does not know, a local header cut short, an npy header numpy cannot parse, a member
+# flagged as encrypted (zipfile's RuntimeError)
+READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+               struct.error, SyntaxError, tokenize.TokenError, RuntimeError)
 
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compare by identity
@@ -246,7 +253,7 @@ class SongLibrary:
                 arrays[name] = _mmap_member(path, name)
         except LibraryError:
             raise
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        except READ_ERRORS as exc:
             raise LibraryError(f"{path}: corrupt or not a tivm library ({type(exc).__name__}: {exc})") from None
         for array in arrays.values():
             array.flags.writeable = False  # shared between threads: nobody may change it in place
@@ -284,7 +291,7 @@ def is_library(path: str | os.PathLike) -> bool:
             if "meta.npy" not in npz.zip.namelist():
                 return False
             meta = json.loads(str(npz["meta"]))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, AttributeError):
+    except READ_ERRORS + (AttributeError,):
         return False
     return isinstance(meta, dict) and meta.get("format") == FORMAT
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tivm.runtime.compact import CompactWindows
@@ -373,3 +375,30 @@ def test_build_writes_and_updates_a_compact_library(tmp_path):
     # a full build over a compact library re-embeds: approximations must not pass for full vectors
     upgraded = build_library(songs, model, output, progress=False, update=True)
     assert upgraded.reused == [] and "compact" in upgraded.note and upgraded.library.form == "full"
+
+
+def test_cli_build_refuses_an_unknown_form(tmp_path):
+    from tivm.runtime.cli.library import app
+
+    result = CliRunner().invoke(app, ["build", str(tmp_path), "-o", str(tmp_path / "x.npz"), "--form", "tiny"])
+    assert result.exit_code == 2 and "--form" in result.output and "compact" in result.output, result.output
+    assert not (tmp_path / "x.npz").exists()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(position=st.floats(0.0, 1.0, exclude_max=True), value=st.integers(0, 255))
+def test_a_damaged_byte_anywhere_is_refused_or_searches_sanely(saved, tmp_path, position, value):
+    """Codes are memory-mapped (no zip CRC check): any int8 is valid, so damage there must still rank sanely."""
+    data = bytearray(saved[1].read_bytes())
+    data[int(position * len(data))] = value
+    path = tmp_path / "flipped.npz"
+    path.write_bytes(bytes(data))
+    try:
+        library = SongLibrary.load(path)
+    except LibraryError as exc:
+        assert str(exc).startswith(f"{path}: ")
+        return
+    hits = make_search(library.windows, library.song_offsets).top_songs(queries(low_rank_library(), 1)[0], 5)
+    assert np.all(np.isfinite(hits.scores)) and np.all(np.diff(hits.scores) <= 0)
+    for song, row in zip(hits.songs, hits.windows):
+        assert library.song_offsets[song] <= row < library.song_offsets[song + 1]
