@@ -113,8 +113,8 @@ def search_cost(lib) -> str:
     windows = lib.n_windows
     if lib.compact is not None:
         c = lib.compact
-        return (f"compact scan: {_mib(c.nbytes)} of int8 codes, {windows * c.dims / 1e6:.1f} M multiply-adds "
-                f"per query, no float32 copy")
+        return (f"compact scan: {_mib(c.nbytes)} of int8 codes and row scales, "
+                f"{windows * c.dims / 1e6:.1f} M multiply-adds per query, no float32 copy")
     item = lib.embeddings.dtype.itemsize
     return (f"exact: {windows * lib.dim / 1e6:.1f} M multiply-adds per query over {_mib(windows * lib.dim * 4)} "
             f"of float32 (a copy held in memory up to 1 GiB, else {_mib(windows * lib.dim * item)} streamed); "
