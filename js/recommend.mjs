@@ -8,6 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import ort from 'onnxruntime-node';
+import { checkFingerprint, flatLibrary, meanOf, pcmWindows, rank, windowStarts } from './rank.mjs';
 
 const args = {};
 process.argv.slice(2).forEach((a, i, all) => {
@@ -15,8 +16,6 @@ process.argv.slice(2).forEach((a, i, all) => {
 });
 const readJson = (file) => JSON.parse(fs.readFileSync(file, 'utf8'));
 const bytes = (file) => { const b = fs.readFileSync(file); return b.buffer.slice(b.byteOffset, b.byteOffset + b.length); };
-const normalise = (v) => { const n = Math.hypot(...v) || 1e-12; return v.map((x) => x / n); };
-const meanOf = (rows) => normalise(rows[0].map((_, d) => rows.reduce((s, r) => s + r[d], 0) / rows.length));
 
 const manifest = readJson(path.join(args.model, 'manifest.json'));
 const sessions = {};
@@ -25,15 +24,6 @@ async function runWindow(name, data, hop) {  // ONE window per run: the int8 hea
   sessions[name] ??= await ort.InferenceSession.create(path.join(args.model, branch.file), { intraOpNumThreads: 2 });
   const feeds = { [branch.input.name]: data, [branch.hop.name]: new ort.Tensor('int64', [BigInt(hop)], []) };
   return Array.from((await sessions[name].run(feeds))[branch.output.name].data);
-}
-
-// The runtime's windows: every `window` steps, plus one flush with the end; a short input is one window
-// (the graph loop-pads it).
-function windowStarts(steps, window) {
-  const starts = [];
-  for (let s = 0; s + window <= steps; s += window) starts.push(s);
-  if (!starts.length || starts.at(-1) + window < steps) starts.push(Math.max(0, steps - window));
-  return starts;
 }
 
 const frameTensor = (frames, [, h, w], a, b) => new ort.Tensor('uint8', frames.subarray(a * h * w * 3, b * h * w * 3), [b - a, h, w, 3]);
@@ -46,34 +36,19 @@ async function embedFrames(frames, shape, window = 15) {
 }
 
 async function embedPcm(pcm, window = 15) {
-  const fe = manifest.audio.frontend, patch = fe.patch_hop_frames * fe.hop_samples;
+  const fe = manifest.audio.frontend;
   if (pcm.length < fe.min_samples) throw new Error(`PCM of ${pcm.length} samples is shorter than one patch (${fe.min_samples})`);
-  const patches = Math.floor((1 + Math.floor((pcm.length - fe.window_samples) / fe.hop_samples)) / fe.patch_frames);
-  const span = fe.min_samples + (window - 1) * patch, rows = [];
-  for (const s of windowStarts(patches, window)) rows.push(await runWindow('audio', pcmTensor(pcm, s * patch, Math.min(pcm.length, s * patch + span)), window));
+  const rows = [];
+  for (const { begin, end } of pcmWindows(pcm.length, fe, window)) rows.push(await runWindow('audio', pcmTensor(pcm, begin, end), window));
   return rows;
 }
 
-function rank(folder, query, top) {
-  const index = readJson(path.join(folder, 'library.json')), dim = index.dim;
-  if (index.model_fingerprint !== manifest.model_fingerprint) throw new Error(`${folder}: built by another model`);
-  const raw = bytes(path.join(folder, 'embeddings.bin'));
-  const rows = index.dtype === 'int8' ? new Int8Array(raw) : new Float32Array(raw);
-  const scales = index.dtype === 'int8' ? new Float32Array(bytes(path.join(folder, 'scales.bin'))) : null;
-  const starts = new Float32Array(bytes(path.join(folder, 'window_start.bin')));
-  const best = index.song_offsets.slice(0, -1).map((first, song) => {
-    let score = -Infinity, row = first;
-    for (let r = first; r < index.song_offsets[song + 1]; r++) {
-      let dot = 0;
-      for (let d = 0; d < dim; d++) dot += rows[r * dim + d] * query[d];
-      if (scales) dot *= scales[r];
-      if (dot > score) { score = dot; row = r; }
-    }
-    return { song, score, row };
-  });
-  best.sort((a, b) => b.score - a.score || a.song - b.song);
-  return best.slice(0, top).map(({ song, score, row }, i) =>
-    ({ rank: i + 1, title: index.songs.title[song], score, start: starts[row], song_index: song }));
+function rankFolder(folder, query, top) {  // the ranking itself is rank.mjs's, shared with the browser page
+  const index = readJson(path.join(folder, 'library.json'));
+  const library = flatLibrary(index, bytes(path.join(folder, 'embeddings.bin')),
+    index.dtype === 'int8' ? bytes(path.join(folder, 'scales.bin')) : null, bytes(path.join(folder, 'window_start.bin')));
+  checkFingerprint(library, manifest.model_fingerprint, folder);
+  return rank(library, query, top);
 }
 
 async function checkGolden() {
@@ -106,7 +81,7 @@ if (args.golden) {
   if (frames.length !== shape[0] * shape[1] * shape[2] * 3) throw new Error(`${args.frames}: not T*H*W*3 bytes`);
   out.vectors = await embedFrames(frames, shape);
   out.query = meanOf(out.vectors);
-  if (args.library) out.results = rank(args.library, out.query, Number(args.top ?? 10));
+  if (args.library) out.results = rankFolder(args.library, out.query, Number(args.top ?? 10));
 }
 out.ms = performance.now() - started;
 console.log(JSON.stringify(out));

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What the tests need besides the Python packages: the Node client's onnxruntime-node, and an aarch64
-# sysroot run under qemu-user-static (Debian's) for the ARM agreement test. Idempotent; each part that
+# What the tests need besides the Python packages: the Node client's onnxruntime-node (and onnxruntime-web for
+# the browser page), Debian's Chromium for the page's test (driven by Playwright, no browser download), and
+# an aarch64 sysroot run under qemu-user-static (Debian's) for the ARM agreement test. Idempotent; each part that
 # cannot be set up here says why, and the tests that need it skip with that reason.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,16 @@ if command -v npm >/dev/null; then
     || echo "test-deps: npm ci failed: the Node client tests will skip"
 else
   echo "test-deps: no npm: the Node client tests will skip"
+fi
+
+# Browser: Debian's chromium for tests/test_web.py (about 46 s to install with apt-get update, 2026-12-01)
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "test-deps: chromium could not be installed: the browser page test will skip"
+  else
+    echo "test-deps: not root or no apt-get: no chromium, the browser page test will skip"
+  fi
 fi
 
 # ARM: qemu-user-static from Debian, then an aarch64 CPython extracted from Debian's arm64 packages (never
