@@ -11,13 +11,15 @@ song by its best retrieved window, so a song with no window among them is left o
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tivm.runtime.compact import DEFAULT_DIMS, CompactWindows
-from tivm.runtime.files import atomic_path, write_text
+from tivm.runtime.files import atomic_path, atomic_write, write_text
 
 # Converting float16 to float32 costs more than the product itself, so a library up to this size is converted
 # once, when the search is made; larger ones stream float16 chunks from the memory map. Exact search on the
@@ -188,6 +190,34 @@ class FaissSearch:
         return SongHits(songs[pick], best_scores[pick], best_rows[pick])
 
 
+COMPACT_CACHE_MEMBERS = ("codes", "row_scales", "mean", "components", "component_scales")
+
+
+def cached_compact_windows(embeddings: np.ndarray, dims: int, cache_path: Path, key: dict) -> CompactWindows:
+    """A full library's compact codes: read from `cache_path` when its key matches and its arrays are sound,
+    else fitted and coded (seconds per 100k windows) and saved there for the next start."""
+    key = dict(key, windows=int(len(embeddings)), dim=int(embeddings.shape[1]), dims=int(dims), form="int8-pca")
+    key_path = cache_path.with_name(cache_path.name + ".json")
+    try:
+        if json.loads(key_path.read_text()) == key:
+            with np.load(cache_path, allow_pickle=False) as npz:
+                windows = CompactWindows(**{name: npz[name] for name in COMPACT_CACHE_MEMBERS})
+            if (not windows.problems() and len(windows) == len(embeddings) and windows.dims == dims
+                    and windows.dim == embeddings.shape[1]):
+                return windows
+    except (OSError, ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error):
+        pass  # no usable cache: fit
+    windows = CompactWindows.fit(embeddings, dims)
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(cache_path) as f:
+            np.savez(f, **{name: getattr(windows, name) for name in COMPACT_CACHE_MEMBERS})
+        write_text(key_path, json.dumps(key, sort_keys=True))
+    except OSError:
+        pass  # no writable cache: the codes live for this process only
+    return windows
+
+
 def import_faiss():
     try:
         import faiss
@@ -216,7 +246,8 @@ def make_search(embeddings: np.ndarray | CompactWindows, song_offsets: np.ndarra
     FLOAT32_COPY_MAX_BYTES (about 520k windows at 512-d), else HNSW when faiss-cpu is installed (else exact,
     streaming float16).
 
-    With `index_path` (and `index_key` saying which library it is), the HNSW index is cached there.
+    With `index_path` (and `index_key` saying which library it is), the HNSW index is cached there, and a
+    full library's compact codes beside it (`<name>.compact.npz`).
     """
     if method not in METHODS:
         raise ValueError(f"search method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -237,8 +268,13 @@ def make_search(embeddings: np.ndarray | CompactWindows, song_offsets: np.ndarra
     if method == "exact":
         return ExactSearch(embeddings, song_offsets)
     if method == "compact":
-        return CompactSearch(CompactWindows.fit(embeddings, min(DEFAULT_DIMS, embeddings.shape[1])), song_offsets,
-                             exact_windows=embeddings)
+        dims = min(DEFAULT_DIMS, embeddings.shape[1])
+        if index_path is not None:
+            windows = cached_compact_windows(embeddings, dims, Path(index_path).with_suffix(".compact.npz"),
+                                             index_key or {})
+        else:
+            windows = CompactWindows.fit(embeddings, dims)
+        return CompactSearch(windows, song_offsets, exact_windows=embeddings)
     if index_path is not None:
         return FaissSearch.cached(embeddings, song_offsets, Path(index_path), index_key or {})
     return FaissSearch(embeddings, song_offsets)

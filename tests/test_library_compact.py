@@ -402,3 +402,36 @@ def test_a_damaged_byte_anywhere_is_refused_or_searches_sanely(saved, tmp_path, 
     assert np.all(np.isfinite(hits.scores)) and np.all(np.diff(hits.scores) <= 0)
     for song, row in zip(hits.songs, hits.windows):
         assert library.song_offsets[song] <= row < library.song_offsets[song + 1]
+
+
+def test_a_full_librarys_compact_codes_are_cached_and_a_bad_cache_is_rebuilt(full, tmp_path, monkeypatch):
+    from tivm.runtime import search
+
+    index_path, key = tmp_path / "cache" / "lib.hnsw", {"library": "/x/songs.npz", "size": 1}
+    first = make_search(full.embeddings, full.song_offsets, "compact", index_path=index_path, index_key=key)
+    cache = tmp_path / "cache" / "lib.compact.npz"
+    assert cache.is_file() and (tmp_path / "cache" / "lib.compact.npz.json").is_file()
+    query = queries(full, 1)[0]
+    want = first.top_songs(query, 5)
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted again although the cache matches")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(search.CompactWindows, "fit", no_fit)
+        again = make_search(full.embeddings, full.song_offsets, "compact", index_path=index_path, index_key=key)
+    got = again.top_songs(query, 5)
+    np.testing.assert_array_equal(got.songs, want.songs)
+    np.testing.assert_array_equal(got.windows, want.windows)
+    # another library (key), a cut file, NaN parameters: fitted anew (the first leaves a sound cache behind)
+    def nan_scales():
+        with np.load(cache) as npz:
+            arrays = dict(npz)
+        np.savez(cache, **{**arrays, "row_scales": np.full(full.n_windows, np.nan, np.float32)})
+
+    other = {**key, "size": 2}  # the first case writes the cache under this key; the next two damage that cache
+    for damage in (lambda: None, lambda: cache.write_bytes(cache.read_bytes()[:200]), nan_scales):
+        damage()
+        rebuilt = make_search(full.embeddings, full.song_offsets, "compact", index_path=index_path, index_key=other)
+        np.testing.assert_array_equal(rebuilt.top_songs(query, 5).songs, want.songs)
+        assert np.all(np.isfinite(rebuilt.windows.row_scales))
