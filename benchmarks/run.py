@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a script: make `benchmarks` importable
 
-from benchmarks import _footprint, _latency, _machine, _parity, _plots, _raw, _report, _search, _targets  # noqa: E402
+from benchmarks import _footprint, _latency, _machine, _overlap, _parity, _plots, _raw, _report, _search, _targets  # noqa: E402,E501
 from benchmarks._context import FULL, QUICK, Context  # noqa: E402
 from benchmarks._stats import NotMeasured, not_measured  # noqa: E402
 
@@ -46,6 +46,9 @@ SECTIONS = {
     "cold_start_memory": _footprint.cold_start_memory,
     "sizes": _footprint.sizes,
     "raw_bundle": _raw.raw_bundle,
+    "pipeline": _overlap.pipeline,
+    "long_clips": _overlap.long_clips,
+    "startup": _overlap.startup,
     "parity_yt8m": _parity.yt8m_parity,
     "parity_synthetic": _parity.synthetic_parity,
 }
