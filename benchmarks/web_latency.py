@@ -155,6 +155,7 @@ def main() -> None:
     from tivm.runtime.model import Model
 
     bundles = [(m, args.library) for m in args.model] + [(cached_bundle(b, args.threads), None) for b in args.backbone]
+    # (a failed export raises benchmarks._stats.NotMeasured with its reason: nothing to time without the bundle)
     if not bundles:
         parser.error("give --model or --backbone")
     if args.library and len(bundles) != 1:
