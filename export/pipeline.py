@@ -315,7 +315,8 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
             audio=branch_manifest(results["audio"], record), video=branch_manifest(results["video"], record),
             data_fingerprint=str((record.get("data") or {}).get("fingerprint") or ""),
             tivm_version=tivm_version())
-        if not raw and options.stream_split and results["video"].plan.kind == "full":
+        # raw bundles are made from these same files (behind their front ends, without the split's output)
+        if options.stream_split and results["video"].plan.kind == "full":
             manifest = dataclasses.replace(manifest, video=split_video(staging, manifest.video, results["video"],
                                                                        options, report))
         source = staging

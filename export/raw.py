@@ -59,6 +59,7 @@ def merge_branch(name: str, full_path: str | os.PathLike, spec: M.BranchManifest
     if spec.kind != "full":
         raise ValueError(f"{full_path}: a raw branch is made from a full branch, this one is {spec.kind!r}")
     branch = onnx.load(str(full_path))
+    _drop_stream_output(branch)
     opset = default_opset(branch)
     front = build_frontend(name, spec, opset=opset, ir_version=branch.ir_version)
     windows = FRONTEND_IO[name][2]
@@ -87,7 +88,24 @@ def raw_branch_manifest(name: str, full: M.BranchManifest, frontend_record: dict
         full, kind="raw", sha256="", input=M.TensorSpec(main, RAW_INPUT_SHAPES[name], dtype),
         output=M.TensorSpec(output, ("windows", full.embedding_dim)),
         hop=M.HopSpec(hop, M.raw_step_seconds(name, full.frontend)),
-        quantization={**full.quantization, "frontend": frontend_record})
+        quantization={**full.quantization, "frontend": frontend_record},
+        stream=None)  # a raw graph runs one window per run: the per-frame split is the full runtime's
+
+
+def _drop_stream_output(branch: onnx.ModelProto) -> None:
+    """A full branch split for streaming (tivm.export.streaming) has a second output, the per-frame features:
+    a raw graph runs whole windows, so it goes (with the Identity that names it)."""
+    from tivm.export.streaming import FEATURES_OUTPUT
+
+    graph = branch.graph
+    if not any(o.name == FEATURES_OUTPUT for o in graph.output):
+        return
+    kept_outputs = [o for o in graph.output if o.name != FEATURES_OUTPUT]
+    kept_nodes = [n for n in graph.node if FEATURES_OUTPUT not in n.output]
+    del graph.output[:]
+    graph.output.extend(kept_outputs)
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
 
 
 def make_raw_bundle(full_dir: str | os.PathLike, out_dir: str | os.PathLike, *, golden: bool = True,

@@ -266,7 +266,7 @@ def test_a_frame_size_change_mid_video_is_a_media_error(models, tmp_path, monkey
     from tivm.runtime import video
 
     sizes = [(30, 40, 3)] * 3 + [(32, 40, 3)]
-    monkeypatch.setattr(video, "iter_frames", lambda path, fps: ((i, np.zeros(s, np.uint8))
+    monkeypatch.setattr(video, "iter_frames", lambda path, fps, **_: ((i, np.zeros(s, np.uint8))
                                                                  for i, s in enumerate(sizes)))
     with pytest.raises(MediaError, match="frame size changes from 40x30 to 40x32 at 3 s"):
         models["raw"].embed_video(tmp_path / "clip.mp4")
