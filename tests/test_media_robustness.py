@@ -136,7 +136,7 @@ def test_a_stream_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monk
     path = write_clip(tmp_path / "big.mp4", 2, size=(64, 48))
     converted = []
     monkeypatch.setattr(video, "MAX_FRAME_PIXELS", 64 * 48 - 1)
-    monkeypatch.setattr(video, "_frame_to_rgb", lambda p, f: converted.append(f))
+    monkeypatch.setattr(video, "_frame_to_rgb", lambda p, f, m: converted.append(f))
     with pytest.raises(MediaError, match=r"64x48 pixels .* exceed") as caught:
         sample_frames(path)
     assert caught.value.path == str(path) and not converted
@@ -146,8 +146,8 @@ def test_a_frame_over_the_pixel_limit_is_refused_before_conversion(monkeypatch):
     # a stream may declare a small size and then grow: each frame is checked before it becomes RGB
     monkeypatch.setattr(video, "MAX_FRAME_PIXELS", 100)
     with pytest.raises(MediaError, match=r"20x10 pixels"):
-        video._frame_to_rgb("clip.mp4", av.VideoFrame(20, 10, "yuv420p"))
-    assert video._frame_to_rgb("clip.mp4", av.VideoFrame(10, 10, "yuv420p")).shape == (10, 10, 3)
+        video._frame_to_rgb("clip.mp4", av.VideoFrame(20, 10, "yuv420p"), None)
+    assert video._frame_to_rgb("clip.mp4", av.VideoFrame(10, 10, "yuv420p"), None).shape == (10, 10, 3)
 
 
 # ---------------------------------------------------------------- 2. long clips stream window by window

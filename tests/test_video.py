@@ -238,7 +238,7 @@ def test_only_chosen_frames_are_converted_and_memory_stays_bounded(tmp_path, mon
     path = write_video(tmp_path / "long.mp4", times, size=big, image=flat)
     conversions = []
     original = video._frame_to_rgb
-    monkeypatch.setattr(video, "_frame_to_rgb", lambda p, f: conversions.append(1) or original(p, f))
+    monkeypatch.setattr(video, "_frame_to_rgb", lambda p, f, m: conversions.append(1) or original(p, f, m))
     frame_bytes = 240 * 320 * 3
 
     tracemalloc.start()

@@ -103,3 +103,15 @@ def test_seeks_that_land_behind_the_decoder_stop_after_two(phone_clips, monkeypa
     monkeypatch.setattr(video, "_seek_near", to_start)
     np.testing.assert_array_equal(video.sample_frames(path), expected)
     assert len(seeks) == video._KeyframeHops.MAX_MISSES
+
+
+def test_the_display_matrix_is_read_once_per_stream(monkeypatch):
+    """Reading PyAV's side data ties each frame's picture to a reference cycle until the garbage collector
+    runs (600 MB over a 300 s 1080p clip): it is read from the first chosen frame only."""
+    calls = []
+    original = video.display_matrix
+    monkeypatch.setattr(video, "display_matrix", lambda frame: calls.append(1) or original(frame))
+    portrait = shared_path("media", "phone", "bbb_portrait_rot90_6s.mp4")
+    frames = video.sample_frames(portrait)
+    assert len(frames) == 6 and frames.shape[1:] == (640, 360, 3)  # still upright
+    assert len(calls) == 1
