@@ -96,7 +96,9 @@ def window_steps_for(name: str, spec: BranchManifest) -> int:
     return max(1, int(round(spec.clip_seconds * per_second)))
 
 
-def session_options(intra_op_threads: int | None):
+def session_options(intra_op_threads: int | None, spinning: bool = True):
+    """`spinning`: onnxruntime's idle threads busy-wait for the next run (faster back-to-back runs); off for
+    sessions that run beside the decoder thread, whose CPU the spinning would take."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -104,6 +106,8 @@ def session_options(intra_op_threads: int | None):
     options.inter_op_num_threads = 1
     if intra_op_threads:
         options.intra_op_num_threads = int(intra_op_threads)
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -133,8 +137,9 @@ class Branch:
         self.path = Path(path)
         self.spec = spec
         self.batch_windows = RAW_BATCH_WINDOWS if spec.kind == "raw" else batch_windows
+        # a streaming split runs per frame beside the decoder thread: no spinning (session_options)
         self.session = _open_session(self.path, intra_op_threads, resolve_providers(providers),
-                                     spec.sha256 if verified else None)
+                                     spec.sha256 if verified else None, spinning=spec.stream is None)
         self.input_name, self.output_name = _check_io(self.path, self.session, spec)
         self.hop_name = spec.hop.name if spec.hop is not None else None
         self.window_steps = window_steps_for(name, spec)
@@ -331,7 +336,7 @@ class WindowHead:
             raise ModelError(f"{branch.path}: no output named {self.features.name!r} (the manifest's stream "
                              "features): the file is not the one the split was made from")
         self.session = _open_session(path, intra_op_threads, resolve_providers(providers),
-                                     spec.stream.sha256 if verified else None)
+                                     spec.stream.sha256 if verified else None, spinning=False)
         inputs = self.session.get_inputs()
         if [i.name for i in inputs] != [self.features.name] or len(inputs[0].shape) != 3:
             raise ModelError(f"{path}: expected one (batch, time, F) input named {self.features.name!r}, the graph "
@@ -607,7 +612,8 @@ def _canonical(params: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(params, sort_keys=True))
 
 
-def _open_session(path: Path, intra_op_threads: int | None, providers: list[str], sha256: str | None = None):
+def _open_session(path: Path, intra_op_threads: int | None, providers: list[str], sha256: str | None = None,
+                  spinning: bool = True):
     """An onnxruntime session for `path`; with the file's (checked) sha256, through the optimized-graph cache."""
     import onnxruntime as ort
 
@@ -619,10 +625,10 @@ def _open_session(path: Path, intra_op_threads: int | None, providers: list[str]
             raise ModelError(f"{path}: not a loadable ONNX model ({problem})") from None
 
     if sha256 is None:
-        return open_file(path, session_options(intra_op_threads))
+        return open_file(path, session_options(intra_op_threads, spinning))
     from tivm.runtime.session_cache import open_cached
 
-    return open_cached(path, sha256, providers, lambda: session_options(intra_op_threads), open_file)
+    return open_cached(path, sha256, providers, lambda: session_options(intra_op_threads, spinning), open_file)
 
 
 def _check_io(path: Path, session, spec: BranchManifest) -> tuple[str, str]:
