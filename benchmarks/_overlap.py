@@ -163,7 +163,27 @@ def pipeline(ctx: Context) -> dict:
             row["after_vs_decode_before"] = totals["after"]["median_ms"] / decode["before"]["median_ms"]
             entry["models"][backbone] = row
         out["clips"][name] = entry
+    out["spinning"] = spinning(ctx, found[Path(SHARED_CLIPS[0]).name], models, runs)
     out["fast_decode_agreement"] = fast_decode_agreement(ctx, found, models)
+    return out
+
+
+def spinning(ctx: Context, clip: Path, models: dict, runs: int) -> dict:
+    """embed_video on the first shared clip with the split's sessions spinning (onnxruntime's default) and not
+    (the runtime's choice beside the decoder thread)."""
+    from tivm.runtime import model as model_module
+
+    out = {"clip": clip.name}
+    original = model_module.session_options
+    for backbone, (_, new) in models.items():
+        model_module.session_options = lambda threads, spinning=True: original(threads, True)
+        try:
+            spinning_model = model_module.Model.load(new.model_dir, intra_op_threads=ctx.threads,
+                                                     branches=("video",))
+        finally:
+            model_module.session_options = original
+        out[backbone] = time_interleaved({"no spinning (runtime)": lambda: new.embed_video(clip),
+                                          "spinning": lambda: spinning_model.embed_video(clip)}, 1, runs)
     return out
 
 
@@ -343,6 +363,15 @@ def render(results: dict) -> str:
                                  f"{'yes' if c['same_top1'] else 'no'}")
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
             lines.append("")
+    spin = pipe.get("spinning") or {}
+    if spin:
+        lines += [f"### onnxruntime thread spinning beside the decoder (`embed_video`, {spin.get('clip')}, ms)", "",
+                  "| backbone | no spinning (runtime) | spinning (onnxruntime's default) |", "|---|---:|---:|"]
+        for backbone in BACKBONES:
+            row = spin.get(backbone)
+            if row:
+                lines.append(f"| {backbone} | {_ms(row['no spinning (runtime)'])} | {_ms(row['spinning'])} |")
+        lines.append("")
     long = results.get("long_clips") or {}
     if long.get("sources"):
         lines += ["### Long clips (recommend() in a fresh process, one run each)", "",
