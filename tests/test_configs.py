@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from tivm.runtime.errors import ModelError, TivmError
 from tivm.train import checkpoint
 from tivm.train.cli.train import app as train_app
-from tivm.train.cli.train import resolve
+from tivm.train.cli.train import resolve, resolve_domain_val_fraction
 from tivm.train.config import (
     BLOCK_RULES,
     COMMAND_LINE_ONLY,
@@ -109,6 +109,8 @@ def test_a_dict_config_is_checked_too():
     ("train", "lr", 0, "train.lr must be a number > 0, got 0"),
     ("train", "batching", "hard", "train.batching must be one of random, clustered, got 'hard'"),
     ("train", "val_fraction", 1.0, "train.val_fraction must be a number in (0, 1), got 1.0"),
+    ("train", "domain_fraction", 1.0, "train.domain_fraction must be a number in [0, 1), got 1.0"),
+    ("train", "domain_val_fraction", 0, "train.domain_val_fraction must be a number in (0, 1), got 0"),
     ("", "model", [], "model must be a JSON object, got []"),
     ("", "name", 7, "name must be a string, got 7"),
 ])
@@ -162,7 +164,7 @@ def test_command_line_values_follow_the_same_rules():
 def test_the_rules_know_exactly_the_keys_the_code_reads():
     assert set(MODEL_RULES) == set(MODEL_DEFAULTS)
     train_fields = {f.name for f in fields(TrainArgs)}
-    assert set(TRAIN_RULES) == train_fields - set(COMMAND_LINE_ONLY) | {"val_fraction"}
+    assert set(TRAIN_RULES) == train_fields - set(COMMAND_LINE_ONLY) | {"val_fraction", "domain_val_fraction"}
     assert set(COMMAND_LINE_ONLY) <= train_fields
     read_by_losses = set(re.findall(r'loss_config\.get\("(\w+)"', (REPO / "train" / "losses.py").read_text()))
     assert read_by_losses == set(LOSS_RULES)
@@ -312,3 +314,23 @@ def test_ivm_m_by_name_trains_exactly_the_documented_row():
     assert args_name == args_doc and share_name == share_doc == 0.1 and cfg_name == cfg_doc
     assert {k: getattr(args_name, k) for k in ROW_ARGS} == ROW_ARGS
     assert cfg_name["model"]["dropout"] == 0.2 and cfg_name["model"]["temperature"] == 0.07
+
+
+def test_ivm_m_indomain_by_name_trains_what_the_chosen_variant_trained():
+    """IVM-M-INDOMAIN is the variant chosen on in-domain validation (docs/results.md, 1b), which was run as
+    IVM-M with --domain-fraction 0.25 --epochs 4: the name must give exactly those settings."""
+    def settings(argv: list[str]):
+        params = get_command(train_app).make_context("tivm-train", list(argv)).params
+        options = {k: params[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "patience", "device",
+                                          "seed", "progress", "domain_fraction")}
+        cfg, share, args = resolve(params["config"], params["val_fraction"], domain_label=params["label"],
+                                   **options)
+        return cfg, share, args, resolve_domain_val_fraction(cfg, params["domain_val_fraction"])
+
+    common = ["--data", "$Y", "--label", "14", "--extra-data", "$X", "-o", "runs/x"]
+    cfg_run, share_run, args_run, domain_run = settings(
+        ["--config", "IVM-M", "--domain-fraction", "0.25", "--epochs", "4", *common])
+    cfg_name, share_name, args_name, domain_name = settings(["--config", "IVM-M-INDOMAIN", *common])
+    assert args_name == args_run and (share_name, domain_name) == (share_run, domain_run) == (0.1, 0.5)
+    assert cfg_name["model"] == cfg_run["model"] and cfg_name["loss"] == cfg_run["loss"]
+    assert (args_name.domain_fraction, args_name.epochs, args_name.domain_label) == (0.25, 4, 14)

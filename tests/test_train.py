@@ -252,3 +252,150 @@ def test_clustered_batches_use_every_clip_once_and_group_neighbours():
     for b in range(10):
         grouped = ids[order[b * 40:b * 40 + 20]]
         assert torch.bincount(grouped).max() >= 10  # the clustered half is mostly one cluster
+
+
+# ------------------------------------------------------------------------- extra sources, in-domain training
+
+def _labelled(part: int, n: int, every: int) -> FeatureSet:
+    """Synthetic clips where every `every`-th carries label 14 (the rest label 3). Part 1 is the first 300
+    clips of one generated set, part 2 the next n: distinct sources, one feature spec (as two YouTube-8M
+    shard sets are)."""
+    from tivm.train.dataset import labels_to_csr
+    assert (part, n) in ((1, 300), (2, 400))
+    fs = generate(n=700, seed=1, **SMALL)
+    fs = fs.subset(np.arange(300, 700) if part == 2 else np.arange(300))
+    indptr, flat = labels_to_csr([[14] if i % every == 0 else [3] for i in range(n)])
+    return FeatureSet(fs.audio, fs.video, fs.clip_id, fs.source_id, fs.start, fs.split, indptr, flat, fs.manifest)
+
+
+def test_extra_data_trains_and_validates_in_domain_but_never_enters_the_test_gallery():
+    from tivm.train.data_spec import domain_splits
+    from tivm.train.dataset import DatasetError, concatenate
+    main, extra = _labelled(1, 300, 10), _labelled(2, 400, 4)
+    fs = domain_splits(main, [extra], 14, domain_val_fraction=0.5)
+    main_part, extra_part = fs.split[:300], fs.split[300:]
+    assert np.array_equal(main_part == 2, main.has_label(14)) and np.all(main_part[~main.has_label(14)] == 0)
+    assert not np.any(extra_part == 2)
+    in_domain = extra.has_label(14)
+    assert np.all(extra_part[~in_domain] == 0)  # validation holds only in-domain clips
+    assert 0.3 < np.mean(extra_part[in_domain] == 1) < 0.7 and np.any(extra_part[in_domain] == 0)
+    assert np.array_equal(fs.split, domain_splits(main, [extra], 14, 0.5).split)  # deterministic
+    assert np.array_equal(np.asarray(fs.audio[300:]), np.asarray(extra.audio))
+    # a source in both the main and the extra data could sit in test and training at once: refused
+    with pytest.raises(DatasetError, match="shares 300 source ids"):
+        domain_splits(main, [concatenate([extra, main])], 14)
+    with pytest.raises(DatasetError, match="no clip with label 15"):
+        domain_splits(_relabelled(main, 15), [extra], 15)  # the main data has label 15, the extra none
+
+
+def _relabelled(fs: FeatureSet, label: int) -> FeatureSet:
+    """fs with every 10th clip carrying `label` too (so main has a test gallery for that label)."""
+    from tivm.train.dataset import labels_to_csr
+    lists = [list(fs.labels_of(i)) + ([label] if i % 10 == 0 else []) for i in range(len(fs))]
+    indptr, flat = labels_to_csr(lists)
+    return FeatureSet(fs.audio, fs.video, fs.clip_id, fs.source_id, fs.start, fs.split, indptr, flat, fs.manifest)
+
+
+def test_in_domain_clips_carry_the_label_or_a_related_one():
+    from tivm.train.trainer import domain_mask
+    fs = _relabelled(_labelled(2, 400, 4), 15)  # 14 on every 4th clip, 15 on every 10th
+    i = np.arange(400)
+    assert np.array_equal(domain_mask(fs, [14]), i % 4 == 0)
+    assert np.array_equal(domain_mask(fs, [14, 15]), (i % 4 == 0) | (i % 10 == 0))
+    assert not domain_mask(fs, []).any() and not domain_mask(generate(n=20, seed=0, **SMALL), [14]).any()
+
+
+def test_domain_batches_hold_the_in_domain_share_without_repeats():
+    from tivm.train.trainer import domain_order
+    generator = torch.Generator().manual_seed(0)
+    domain, general = torch.arange(0, 20), torch.arange(20, 420)
+    order = domain_order(general, domain, batch=40, domain_count=10, steps=13, generator=generator)
+    assert order.numel() == 13 * 40
+    seen_general = []
+    for b in range(13):
+        batch = order[b * 40:(b + 1) * 40]
+        assert batch.unique().numel() == 40  # no clip twice in a batch (it would be its own negative)
+        assert int((batch < 20).sum()) == 10
+        seen_general += batch[batch >= 20].tolist()
+    assert len(set(seen_general)) == len(seen_general) == 390  # a general clip at most once an epoch
+    # fewer general clips than the epoch needs: they wrap round instead of failing
+    short = domain_order(torch.arange(20, 50), domain, 40, 10, 2, torch.Generator().manual_seed(0))
+    assert short.numel() == 80 and all(short[b * 40:(b + 1) * 40].unique().numel() == 40 for b in range(2))
+
+
+def test_fit_oversamples_in_domain_pairs_and_fine_tunes_from_a_run(tmp_path):
+    from tivm.train.data_spec import domain_splits
+    from tivm.train.trainer import recalibrate_batchnorm, start_from
+    fs = domain_splits(_labelled(1, 300, 10), [_labelled(2, 400, 4)], 14)
+    parts = {name: fs.split_view(name) for name in ("train", "val", "test")}
+    cfg = small_config("IVM-M", epochs=1, domain_fraction=0.25)
+    summary = fit(cfg, parts, tmp_path / "a", _args(cfg, domain_label=14))
+    # an epoch is one pass over the 570 general training clips in batches of 64 - 16 of them
+    assert json.loads((tmp_path / "a" / "checkpoint.json").read_text())["train_args"]["steps_per_epoch"] == 570 // 48
+    assert summary["sizes"]["val"] == int((fs.split == 1).sum()) and summary["sizes"]["test"] == 30
+    with pytest.raises(ValueError, match="in-domain training clips"):
+        fit(cfg, parts, tmp_path / "b", _args(cfg))  # no domain label: nothing to oversample
+    trained, _ = checkpoint.load_checkpoint(tmp_path / "a")
+    fresh = build_model(cfg, 16, 24)
+    start_from(fresh, str(tmp_path / "a"))
+    _assert_same_state(fresh, trained)
+    with pytest.raises(ValueError, match="same model block"):
+        start_from(build_model(small_config("IVM-MS"), 16, 24), str(tmp_path / "a"))
+    # domain_batchnorm: the saved model carries the BatchNorm statistics of the in-domain training clips
+    cfg = small_config("IVM-M", epochs=1, domain_batchnorm=True)
+    fit(cfg, parts, tmp_path / "c", _args(cfg, domain_label=14))
+    saved, _ = checkpoint.load_checkpoint(tmp_path / "c")
+    expected, _ = checkpoint.load_checkpoint(tmp_path / "c")
+    expected.video_head.mlp[1].reset_running_stats()
+    recalibrate_batchnorm(expected, parts["train"].subset(parts["train"].has_label(14)))
+    _assert_same_state(saved, expected)
+    with pytest.raises(ValueError, match="domain_batchnorm needs in-domain"):
+        fit(cfg, parts, tmp_path / "d", _args(cfg))
+
+
+def test_cli_trains_with_extra_data_and_evaluates_its_in_domain_validation(tmp_path):
+    from tivm.train.cli.evaluate import app as eval_app
+    from tivm.train.cli.train import app as train_app
+    main_dir = _labelled(1, 300, 10).save(tmp_path / "main")
+    extra_dir = _labelled(2, 400, 4).save(tmp_path / "extra")
+    config_file = tmp_path / "cfg.json"
+    config_file.write_text(json.dumps(small_config("IVM-M", epochs=1, domain_fraction=0.25)))
+    runner = CliRunner()
+    common = ["--data", str(main_dir), "--label", "14", "--no-progress"]
+    result = runner.invoke(train_app, ["--config", str(config_file), *common, "--extra-data", str(extra_dir),
+                                       "-o", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert record["data"]["extra_specs"] == [str(extra_dir)] and record["data"]["domain_val_fraction"] == 0.5
+    out = tmp_path / "val.json"
+    result = runner.invoke(eval_app, [str(tmp_path / "run"), *common, "--extra-data", str(extra_dir),
+                                      "--split", "val", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    val = json.loads(out.read_text())
+    assert val["n"] == record["data"]["sizes"]["val"]
+    assert val["recall"] == record["metrics"]["val"]["recall"]  # the same clips the run selected on
+    # the test gallery is the same with or without the extra data
+    plain = runner.invoke(eval_app, [str(tmp_path / "run"), *common, "--json", str(tmp_path / "t.json")])
+    assert plain.exit_code == 0 and json.loads((tmp_path / "t.json").read_text())["n"] == 30
+    bad = runner.invoke(train_app, ["--config", str(config_file), "--data", str(main_dir), "--no-progress",
+                                    "--extra-data", str(extra_dir), "-o", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "needs --label" in bad.output
+
+
+def test_batchnorm_recalibration_takes_the_statistics_of_the_given_clips_and_nothing_else():
+    from tivm.train.trainer import recalibrate_batchnorm
+    model = build_model(small_config("IVM-M"), 16, 24)
+    fs = _labelled(2, 400, 4)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    recalibrate_batchnorm(model, fs)
+    assert model.training  # the mode it had is restored
+    norm, linear = model.video_head.mlp[1], model.video_head.mlp[0]  # the first (Linear, BN) pair
+    with torch.no_grad():
+        x = (torch.from_numpy(fs.video) - model.video_head.input_mean) / model.video_head.input_std
+        pre = linear(x.mean(dim=1))
+    torch.testing.assert_close(norm.running_mean, pre.mean(dim=0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norm.running_var, pre.var(dim=0), rtol=1e-4, atol=1e-5)
+    assert norm.momentum == 0.1  # the training momentum is back
+    for key, value in model.state_dict().items():
+        if key in weights:
+            torch.testing.assert_close(value, weights[key], rtol=0, atol=0)  # weights untouched

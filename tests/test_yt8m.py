@@ -257,3 +257,26 @@ def test_real_shards_label_filter(yt8m_dir):
     full = read_yt8m(sorted(yt8m_dir.glob("validate00[0-1]*.tfrecord")), progress=False)
     assert len(music) == int(full.has_label(14).sum()) > 0
     assert music.source_id.tolist() == full.source_id[full.has_label(14)].tolist()
+
+
+def test_real_extra_shards_give_in_domain_validation_and_leave_the_test_gallery_alone(yt8m_dir):
+    from tivm.train.data_spec import label_splits, load_data
+    extra_dir = yt8m_dir.parent / "video_level_extra"
+    if not extra_dir.is_dir():
+        pytest.skip(f"needs {extra_dir}")
+    main = read_yt8m(yt8m_dir / "*.tfrecord", progress=False)
+    extra = read_yt8m(extra_dir / "*.tfrecord", progress=False)
+    assert len(extra) == 14632 and int(extra.has_label(14).sum()) == 453
+    assert not set(main.source_id.tolist()) & set(extra.source_id.tolist())
+    fs, parts = load_data(str(yt8m_dir / "*.tfrecord"), 14, extra_specs=[str(extra_dir / "*.tfrecord")],
+                          progress=False)
+    # the test gallery is exactly the 1,015 music videos of video_level/, as without the extra shards
+    old_test = main.source_id[label_splits(main, 14) == 2]
+    assert parts["test"].source_id.tolist() == old_test.tolist() and len(parts["test"]) == 1015
+    # validation: extra music videos only, about half of the 453; the other half trains
+    val_ids = set(parts["val"].source_id.tolist())
+    assert val_ids <= set(extra.source_id[extra.has_label(14)].tolist()) and 180 < len(val_ids) < 270
+    train_music = parts["train"].has_label(14)
+    assert int(train_music.sum()) == 453 - len(val_ids)
+    assert len(parts["train"]) == len(main) - 1015 + len(extra) - len(val_ids)
+    assert not (set(parts["train"].source_id.tolist()) & (val_ids | set(old_test.tolist())))

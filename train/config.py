@@ -93,6 +93,8 @@ TEXT: Rule = (lambda v: isinstance(v, str)), "a string"
 OBJECT: Rule = (lambda v: isinstance(v, dict)), "a JSON object"
 WIDTHS: Rule = (lambda v: isinstance(v, list) and all(_is_int(w) and w >= 1 for w in v)), \
     "a list of integers >= 1"
+LABELS: Rule = (lambda v: isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v)), \
+    "a list of integers >= 0"
 FREE: Rule = (lambda v: True), "anything"
 
 # Every key a config may hold, per block, and what its value must be. A key missing here is a typo or a
@@ -107,17 +109,21 @@ LOSS_RULES: dict[str, Rule] = {  # read by tivm.train.losses.compute_loss
     "kind": _choice(LOSS_KINDS), "margin": NON_NEGATIVE, "top_q": _integer(1), "structure_k": _integer(1),
     "structure_weight": NON_NEGATIVE, "structure_scale": POSITIVE,
 }
-TRAIN_RULES: dict[str, Rule] = {  # tivm.train.trainer.TrainArgs, plus val_fraction (read by tivm-train's split)
+# tivm.train.trainer.TrainArgs, plus val_fraction and domain_val_fraction (read by tivm-train's split)
+TRAIN_RULES: dict[str, Rule] = {
     "epochs": _integer(1), "batch_size": _integer(2), "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
     "warmup_epochs": NON_NEGATIVE, "patience": _integer(1), "seed": _integer(0), "amp": BOOLEAN,
     "eval_batch_size": _integer(1), "batching": _choice(BATCHINGS), "clusters": _integer(1),
     "clustered_fraction": SHARE, "val_fraction": STRICT_SHARE,
+    "domain_fraction": RATE, "domain_labels": LABELS, "domain_batchnorm": BOOLEAN,
+    "domain_val_fraction": STRICT_SHARE,
 }
 BLOCK_RULES: dict[str, dict[str, Rule]] = {"model": MODEL_RULES, "loss": LOSS_RULES, "train": TRAIN_RULES}
 TOP_RULES: dict[str, Rule] = {"name": TEXT, "description": TEXT, "doc": FREE,  # doc: prose, never read
                               **{block: OBJECT for block in BLOCK_RULES}}
 # TrainArgs fields that describe the machine, not the recipe: tivm-train always sets them from its options
-COMMAND_LINE_ONLY = {"device": "--device", "progress": "--progress/--no-progress"}
+COMMAND_LINE_ONLY = {"device": "--device", "progress": "--progress/--no-progress", "domain_label": "--label",
+                     "init": "--init"}
 
 
 def _unknown_key(block: str, key: str, rules: dict[str, Rule]) -> str:

@@ -9,6 +9,13 @@ Splits: the data set's own hash-by-source split, unless `label` is given (the Yo
 clips carrying `label` are the test gallery and all others train, with a validation share of the non-test
 sources picked by a second hash of the source id (salt VAL_SALT), so it is deterministic and disjoint by
 source.
+
+Extra sources (`tivm-train --extra-data`, the YouTube-8M protocol only): more clips of the same features that
+join training and validation but never the test gallery, which stays the `label` clips of the main SPEC.
+Validation then looks like the test: it is the share `domain_val_fraction` of the extra sources' `label`
+clips (by a hash of the source id, salt DOMAIN_VAL_SALT); their other `label` clips are in-domain training
+pairs, and every clip without the label, of either source, trains. A source id found in both the main SPEC
+and an extra one is an error (it could sit in the test gallery and in training at once).
 """
 
 from __future__ import annotations
@@ -19,10 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from tivm.train import synthetic
-from tivm.train.dataset import SPLITS, DatasetError, FeatureSet, fingerprint, load, source_uniform
+from tivm.train.dataset import SPLITS, DatasetError, FeatureSet, concatenate, fingerprint, load, source_uniform
 
 VAL_SALT = "tivm-val"
 DEFAULT_VAL_FRACTION = 0.1
+DOMAIN_VAL_SALT = "tivm-domain-val"
+DEFAULT_DOMAIN_VAL_FRACTION = 0.5
 STATS_CHUNK = 4096  # clips per chunk when summing statistics (memory-mapped data sets can be large)
 
 
@@ -65,6 +74,58 @@ def split_data(fs: FeatureSet, label: int | None = None,
     return {name: fs.split_view(name) for name in SPLITS}
 
 
+def _hashed_share(source_id: np.ndarray, salt: str, fraction: float) -> np.ndarray:
+    """bool per clip: its source's hash (with salt) falls below fraction; all clips of a source agree."""
+    unique, inverse = np.unique(np.asarray(source_id).astype(str), return_inverse=True)
+    return np.array([source_uniform(s, salt) < fraction for s in unique.tolist()], bool)[inverse]
+
+
+def domain_splits(main: FeatureSet, extras: list[FeatureSet], label: int,
+                  domain_val_fraction: float = DEFAULT_DOMAIN_VAL_FRACTION) -> FeatureSet:
+    """main and extras as one FeatureSet with the in-domain split (module docstring): test = main's `label`
+    clips; val = a hashed share of the extras' `label` clips; train = everything else."""
+    if not 0.0 < domain_val_fraction < 1.0:
+        raise ValueError(f"domain_val_fraction must be in (0, 1), got {domain_val_fraction!r}")
+    test = main.has_label(int(label))
+    if not test.any():
+        raise DatasetError(None, f"no clip carries label {label}: the test gallery would be empty")
+    extra = concatenate(extras) if len(extras) > 1 else extras[0]
+    shared = np.intersect1d(np.asarray(main.source_id).astype(str), np.asarray(extra.source_id).astype(str))
+    if shared.size:
+        raise DatasetError(None, f"the extra data shares {shared.size} source ids with the main data (e.g. "
+                                 f"{shared[0]!r}); a clip could be in the test gallery and in training")
+    in_domain = extra.has_label(int(label))
+    if not in_domain.any():
+        raise DatasetError(None, f"the extra data holds no clip with label {label}: no in-domain validation")
+    in_val = in_domain & _hashed_share(extra.source_id, DOMAIN_VAL_SALT, domain_val_fraction)
+    if not in_val.any() or in_val.sum() < 2:
+        raise DatasetError(None, f"only {int(in_val.sum())} in-domain validation clips: raise domain_val_fraction")
+    main_split = np.where(test, SPLITS["test"], SPLITS["train"]).astype(np.uint8)
+    extra_split = np.where(in_val, SPLITS["val"], SPLITS["train"]).astype(np.uint8)
+    return concatenate([with_splits(main, main_split), with_splits(extra, extra_split)])
+
+
+def load_data(spec: str, label: int | None = None, val_fraction: float = DEFAULT_VAL_FRACTION,
+              extra_specs: list[str] | tuple[str, ...] = (),
+              domain_val_fraction: float = DEFAULT_DOMAIN_VAL_FRACTION,
+              progress: bool = True) -> tuple[FeatureSet, dict[str, FeatureSet]]:
+    """(all clips, {"train", "val", "test"}) for a SPEC plus optional extra SPECs: split_data's rules without
+    extras, domain_splits' with them (which need `label`)."""
+    fs = load_spec(spec, progress=progress)
+    if not extra_specs:
+        return fs, split_data(fs, label, val_fraction)
+    if label is None:
+        raise DatasetError(None, "extra data needs --label: it joins training and in-domain validation, "
+                                 "and the test gallery is the label's clips of the main data")
+    extras = [load_spec(s, progress=progress) for s in extra_specs]
+    for spec_text, extra in zip(extra_specs, extras):
+        if (extra.audio.shape[1:], extra.video.shape[1:]) != (fs.audio.shape[1:], fs.video.shape[1:]):
+            raise DatasetError(spec_text, f"clips are {extra.audio.shape[1:]}/{extra.video.shape[1:]} but the "
+                                          f"main data's are {fs.audio.shape[1:]}/{fs.video.shape[1:]}")
+    combined = domain_splits(fs, extras, label, domain_val_fraction)
+    return combined, {name: combined.split_view(name) for name in SPLITS}
+
+
 def input_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and population std over all clips and seconds of (N, T, D), in float64."""
     n, t, d = features.shape
@@ -81,8 +142,14 @@ def input_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def data_record(fs: FeatureSet, spec: str, label: int | None, parts: dict[str, FeatureSet]) -> dict:
-    """What a checkpoint records about its data: fingerprint, manifest, spec, split rule and sizes."""
+def data_record(fs: FeatureSet, spec: str, label: int | None, parts: dict[str, FeatureSet],
+                extra_specs: list[str] | tuple[str, ...] = (),
+                domain_val_fraction: float | None = None) -> dict:
+    """What a checkpoint records about its data: fingerprint, manifest, spec, split rule and sizes (and,
+    with extra sources, their specs and the in-domain validation share)."""
     manifest = fs.complete_manifest()
-    return {"fingerprint": fingerprint(manifest), "manifest": manifest,
-            "spec": os.fspath(spec), "label": label, "sizes": {k: len(v) for k, v in parts.items()}}
+    record = {"fingerprint": fingerprint(manifest), "manifest": manifest,
+              "spec": os.fspath(spec), "label": label, "sizes": {k: len(v) for k, v in parts.items()}}
+    if extra_specs:
+        record.update(extra_specs=[os.fspath(s) for s in extra_specs], domain_val_fraction=domain_val_fraction)
+    return record

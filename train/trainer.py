@@ -18,6 +18,7 @@ was not stopped.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -74,6 +75,18 @@ class TrainArgs:
     batching: str = "random"
     clusters: int = 16
     clustered_fraction: float = 0.5
+    # in-domain oversampling: this share of every batch is drawn from the training clips carrying
+    # domain_label (tivm-train sets it to --label; with --extra-data those are the extra sources' in-domain
+    # pairs) or any of domain_labels (related classes), the rest from the other clips; an epoch is one pass
+    # over the other clips. 0: plain random order
+    domain_fraction: float = 0.0
+    domain_labels: list[int] | None = None
+    domain_label: int | None = None
+    # validate and save each epoch's model with its BatchNorm statistics taken from the in-domain training
+    # clips (recalibrate_batchnorm); training itself is unchanged
+    domain_batchnorm: bool = False
+    # a run directory whose weights (and input statistics) start the training: fine-tuning a general model
+    init: str | None = None
 
     @classmethod
     def from_config(cls, config: dict, **overrides: Any) -> "TrainArgs":
@@ -190,11 +203,44 @@ def evaluate(model: TivmModel, fs: FeatureSet, device: str | torch.device = "cpu
     return retrieval_metrics(audio, video)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: TivmModel, fs: FeatureSet, device: str | torch.device = "cpu") -> TivmModel:
+    """Replace every BatchNorm's running mean and variance by the statistics of fs (e.g. the in-domain
+    training clips) in one pass, dropout off: AdaBN (Li et al. 2016), a domain adaptation that changes
+    buffers only, so the model exports as before. fs must fit in one batch (a few thousand clips)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if len(fs) < 2:
+        raise ValueError("BatchNorm recalibration needs at least 2 clips")
+    was_training = model.training
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: after one batch, exactly that batch's statistics
+        m.train()
+    model(as_tensor(fs.audio).to(device), as_tensor(fs.video).to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return model
+
+
 def new_model(config: dict, train: FeatureSet) -> TivmModel:
     """A model sized for the data, with standardisation statistics from the training split."""
     model = build_model(config, train.audio_dim, train.video_dim)
     model.set_input_stats(*input_stats(train.audio), *input_stats(train.video))
     return model
+
+
+def start_from(model: TivmModel, run: str | Path) -> None:
+    """Copy a trained run's weights and buffers (input statistics included) into model: fine-tuning. The
+    run must have the same heads (config model block and input dims), else ValueError."""
+    trained, record = load_checkpoint(run)
+    if (trained.audio_dim, trained.video_dim) != (model.audio_dim, model.video_dim) or \
+            trained.config["model"] != model.config["model"]:
+        raise ValueError(f"{run}: --init needs a run with the same model block and input dims "
+                         f"({record.get('name')} has {trained.audio_dim}/{trained.video_dim}-d inputs)")
+    model.load_state_dict(trained.state_dict())
 
 
 def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 20) -> np.ndarray:
@@ -230,6 +276,31 @@ def clustered_order(perm: torch.Tensor, cluster_ids: torch.Tensor, batch: int, f
     return torch.cat((rows.reshape(-1), random_part[steps * (batch - hard):]))
 
 
+def domain_mask(fs: FeatureSet, labels: list[int]) -> np.ndarray:
+    """bool per clip: it carries any of labels (all False for a data set without labels)."""
+    mask = np.zeros(len(fs), bool)
+    for label in labels if fs.has_labels else []:
+        mask |= fs.has_label(int(label))
+    return mask
+
+
+def domain_order(general: torch.Tensor, domain: torch.Tensor, batch: int, domain_count: int, steps: int,
+                 generator: torch.Generator) -> torch.Tensor:
+    """steps batches, each of domain_count distinct in-domain clips (a fresh random draw per batch, so the
+    few in-domain pairs recur many times an epoch and meet each other as negatives) and batch - domain_count
+    of the general clips (a random pass over them, wrapping round when short), shuffled within the batch."""
+    rest = batch - domain_count
+    general = general[torch.randperm(general.numel(), generator=generator)]
+    if general.numel() < steps * rest:
+        general = general.repeat(-(-steps * rest // general.numel()))
+    rows = []
+    for step in range(steps):
+        picked = domain[torch.randperm(domain.numel(), generator=generator)[:domain_count]]
+        row = torch.cat((picked, general[step * rest:(step + 1) * rest]))
+        rows.append(row[torch.randperm(batch, generator=generator)])
+    return torch.cat(rows)
+
+
 def _log(run_dir: Path, entry: dict) -> None:
     with open(run_dir / LOG_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
@@ -258,10 +329,33 @@ class _Epoch:
         self.audio, self.video = as_tensor(train.audio), as_tensor(train.video)
         self.rank, self.world_size = world()
         self.batch, self.steps = _steps(len(train), args.batch_size, self.world_size)
+        self.train = train
+        # the clips of the target domain itself (--label), for domain_batchnorm
+        self.in_domain = domain_mask(train, [args.domain_label]) if args.domain_label is not None else None
+        if args.domain_batchnorm and (self.in_domain is None or self.in_domain.sum() < 2):
+            raise ValueError("train.domain_batchnorm needs in-domain training clips (clips with --label in "
+                             "training: --extra-data)")
+        self.domain = None
+        if args.domain_fraction > 0:
+            if args.batching != "random":
+                raise ValueError("train.domain_fraction goes with batching 'random' only")
+            wanted = ([args.domain_label] if args.domain_label is not None else []) + list(args.domain_labels or [])
+            in_domain = domain_mask(train, wanted)
+            self.domain_count = int(round(args.domain_fraction * self.batch))
+            if self.domain_count < 1 or in_domain.sum() < self.domain_count or (~in_domain).sum() < 1:
+                raise ValueError(f"train.domain_fraction {args.domain_fraction} needs at least "
+                                 f"{max(1, self.domain_count)} in-domain training clips (clips with --label "
+                                 f"in training: --extra-data) and some others; the training split has "
+                                 f"{int(in_domain.sum())} in-domain of {len(train)}")
+            self.domain = torch.from_numpy(np.flatnonzero(in_domain))
+            self.general = torch.from_numpy(np.flatnonzero(~in_domain))
+            self.steps = max(1, self.general.numel() // (self.batch - self.domain_count))
 
     def order(self, epoch: int) -> torch.Tensor:
         """This epoch's clip order; consecutive slices of self.batch clips are the batches."""
         generator = torch.Generator().manual_seed(self.args.seed * SEED_STRIDE + epoch)
+        if self.domain is not None:
+            return domain_order(self.general, self.domain, self.batch, self.domain_count, self.steps, generator)
         perm = torch.randperm(self.audio.shape[0], generator=generator)
         if self.args.batching == "random":
             return perm
@@ -305,6 +399,12 @@ class _Epoch:
         return float(np.mean(losses))
 
 
+def domain_recalibrated(model: TivmModel, epoch_runner: _Epoch) -> TivmModel:
+    """A copy of model with the BatchNorm statistics of the in-domain training clips (train.domain_batchnorm)."""
+    clips = epoch_runner.train.subset(epoch_runner.in_domain)
+    return recalibrate_batchnorm(copy.deepcopy(model), clips, next(model.parameters()).device)
+
+
 def _progress(iterable, desc: str, enabled: bool):
     if not enabled:
         return iterable
@@ -335,7 +435,10 @@ def fit(config: dict, parts: dict[str, FeatureSet], run_dir: str | Path, args: T
     train, val = parts["train"], parts["val"]
     if len(val) < 2:
         raise ValueError("the validation split is empty: early stopping and model selection need one")
-    model = new_model(config, train).to(device)
+    model = new_model(config, train)
+    if args.init:
+        start_from(model, args.init)
+    model = model.to(device)
     net = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     epoch_runner = _Epoch(model, net, optimizer, None, config, args, train, device)
@@ -356,7 +459,8 @@ def fit(config: dict, parts: dict[str, FeatureSet], run_dir: str | Path, args: T
         started = time.perf_counter()
         train_loss = epoch_runner.run(epoch)
         seconds = time.perf_counter() - started
-        val_metrics = evaluate(model, val, device, args.eval_batch_size, args.amp)
+        selected = domain_recalibrated(model, epoch_runner) if args.domain_batchnorm else model
+        val_metrics = evaluate(selected, val, device, args.eval_batch_size, args.amp)
         score = selection_score(val_metrics)
         improved = score > list(state["best_score"])
         state.update(epoch=epoch + 1, train_seconds=state["train_seconds"] + seconds)
@@ -371,7 +475,7 @@ def fit(config: dict, parts: dict[str, FeatureSet], run_dir: str | Path, args: T
         if rank == 0:
             _log(run_dir, entry)
             if improved:
-                save_checkpoint(run_dir, model, data=data, train_args=train_args,
+                save_checkpoint(run_dir, selected, data=data, train_args=train_args,
                                 metrics={"val": val_metrics, "epoch": epoch + 1}, epoch=epoch + 1)
             save_resume_state(run_dir, model, optimizer, state, scheduler)
             if args.progress:

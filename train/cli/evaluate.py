@@ -27,6 +27,10 @@ def evaluate(
     data: str = typer.Option(..., "--data", "-d", help="data-set dir, TFRecord glob, or synthetic[:n=..,seed=..]"),
     label: Optional[int] = typer.Option(None, help="the gallery = clips with this label (YouTube-8M protocol)"),
     split: str = typer.Option("test", help="which split is the gallery: test, val, train or all"),
+    extra_data: Optional[list[str]] = typer.Option(
+        None, "--extra-data", help="the run's extra data (tivm-train --extra-data), so that --split val/train "
+        "are its in-domain splits; the test split does not change"),
+    domain_val_fraction: float = typer.Option(0.5, help="the run's in-domain validation share (with --extra-data)"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the metrics as JSON here"),
     device: str = typer.Option("cpu"),
     batch_size: int = typer.Option(1024),
@@ -37,7 +41,7 @@ def evaluate(
     """Embed the gallery with both heads and rank every clip's true partner among all of them."""
     from tivm.runtime.errors import TivmError
     from tivm.train.checkpoint import load_checkpoint
-    from tivm.train.data_spec import load_spec, split_data
+    from tivm.train.data_spec import load_data
     from tivm.train.dataset import fingerprint
     from tivm.train.hubness import parse_method
     from tivm.train.metrics import format_table
@@ -48,12 +52,13 @@ def evaluate(
         parse_method(rerank)  # a bad spec fails before the data is read
         loaded = [load_checkpoint(c, map_location=device) for c in checkpoints]
         record = loaded[0][1]
-        fs = load_spec(data, progress=progress)
+        fs, parts = load_data(data, label, extra_specs=list(extra_data or []),
+                              domain_val_fraction=domain_val_fraction, progress=progress)
         for (_, rec), path in zip(loaded, checkpoints):
             if (fs.audio_dim, fs.video_dim) != (rec["audio_dim"], rec["video_dim"]):
                 raise ValueError(f"{data}: features are {fs.audio_dim}/{fs.video_dim}-d but {path} takes "
                                  f"{rec['audio_dim']}/{rec['video_dim']}-d")
-        gallery = fs if split == "all" else split_data(fs, label)[split]
+        gallery = fs if split == "all" else parts[split]
         if len(gallery) < 2:
             raise ValueError(f"{data}: the {split} split holds {len(gallery)} clips; a gallery needs 2 or more")
         metrics = ensemble_metrics([m for m, _ in loaded], gallery, device, batch_size, rerank)

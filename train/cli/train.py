@@ -2,6 +2,8 @@
 
     tivm-train --config TIVM --data synthetic -o runs/tivm
     tivm-train --config IVM-M --data '/data/yt8m/video_level/*.tfrecord' --label 14 -o runs/ivm-m
+    tivm-train --config IVM-M-INDOMAIN --data 'Y/video_level/*.tfrecord' --label 14 \
+        --extra-data 'Y/video_level_extra/*.tfrecord' -o runs/ivm-m-indomain   # in-domain validation
     torchrun --nproc-per-node 4 -m tivm.train.cli.train --config TIVM --data DIR -o runs/tivm --device cuda
 """
 
@@ -46,6 +48,14 @@ def train(
     weight_decay: Optional[float] = typer.Option(None, help="override train.weight_decay"),
     patience: Optional[int] = typer.Option(None, help="override train.patience"),
     val_fraction: Optional[float] = typer.Option(None, help="validation share of non-test sources (with --label)"),
+    extra_data: Optional[list[str]] = typer.Option(
+        None, "--extra-data", help="more data (repeatable; needs --label): its clips train, and a share of its "
+        "--label clips validates; the test gallery stays the --label clips of --data"),
+    domain_val_fraction: Optional[float] = typer.Option(
+        None, help="share of the extra data's --label sources that validate (default: the config's, else 0.5)"),
+    domain_fraction: Optional[float] = typer.Option(
+        None, help="override train.domain_fraction: share of each batch drawn from in-domain training clips"),
+    init: Optional[Path] = typer.Option(None, help="start from this run's weights (fine-tuning)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     seed: Optional[int] = typer.Option(None, help="seeds initialisation, batch order and dropout "
                                        "(default: the config's train.seed, else 0)"),
@@ -55,7 +65,7 @@ def train(
     """Train, select the best epoch on validation Recall@10, and report it on the test split."""
     from tivm.runtime.errors import TivmError
     from tivm.train.config import ConfigError
-    from tivm.train.data_spec import data_record, load_spec, split_data
+    from tivm.train.data_spec import data_record, load_data
     from tivm.train.metrics import format_table
     from tivm.train.trainer import fit, world
 
@@ -64,10 +74,13 @@ def train(
         # the config first: a typo fails in a second, before any data is read
         cfg, share, args = resolve(config, val_fraction, epochs=epochs, batch_size=batch_size, lr=lr,
                                    weight_decay=weight_decay, patience=patience, device=device, seed=seed,
-                                   progress=progress)
-        fs = load_spec(data, progress=progress and world()[0] == 0)
-        parts = split_data(fs, label, share)
-        summary = fit(cfg, parts, output, args, data=data_record(fs, data, label, parts), resume=resume)
+                                   progress=progress, domain_fraction=domain_fraction, domain_label=label,
+                                   init=str(init) if init is not None else None)
+        domain_share = resolve_domain_val_fraction(cfg, domain_val_fraction)
+        extras = list(extra_data or [])
+        fs, parts = load_data(data, label, share, extras, domain_share, progress=progress and world()[0] == 0)
+        record = data_record(fs, data, label, parts, extras, domain_share if extras else None)
+        summary = fit(cfg, parts, output, args, data=record, resume=resume)
     except ConfigError as e:
         fail(e)
     except (TivmError, ValueError) as e:
@@ -94,6 +107,18 @@ def resolve(config: str, val_fraction: float | None = None, **options) -> tuple[
         check_option("val_fraction", val_fraction)
         share = val_fraction
     return cfg, float(share), TrainArgs.from_config(cfg, **options)
+
+
+def resolve_domain_val_fraction(cfg: dict, option: float | None) -> float:
+    """The in-domain validation share: the option, else the config's train.domain_val_fraction, else the
+    default (ConfigError for a bad option)."""
+    from tivm.train.config import check_option
+    from tivm.train.data_spec import DEFAULT_DOMAIN_VAL_FRACTION
+
+    if option is not None:
+        check_option("domain_val_fraction", option)
+        return float(option)
+    return float(cfg.get("train", {}).get("domain_val_fraction", DEFAULT_DOMAIN_VAL_FRACTION))
 
 
 def main() -> None:
