@@ -272,6 +272,11 @@ class VideoBranch(Branch):
     """
 
     def __init__(self, name: str, path: str | os.PathLike, spec: BranchManifest, **options):
+        self.decoder_threads = None  # FFmpeg's choice, unless the model runs beside the decoder (below)
+        if spec.stream is not None:
+            self.decoder_threads, model_threads = streaming_threads()
+            if not options.get("intra_op_threads"):
+                options = {**options, "intra_op_threads": model_threads}
         super().__init__(name, path, spec, **options)
         self.window_head = (WindowHead(self, Path(path).with_name(spec.stream.file), spec, **options)
                             if spec.stream is not None else None)
@@ -294,7 +299,8 @@ class VideoBranch(Branch):
 
             fps = float(self.spec.frontend.get("fps", 1.0))
             # decoding (a thread of its own) overlaps preprocessing and the model on the frames before
-            for second, frame in prefetched(video.iter_frames(source, fps=fps, decode=decode), depth=PREFETCH_FRAMES):
+            frames = video.iter_frames(source, fps=fps, decode=decode, threads=self.decoder_threads)
+            for second, frame in prefetched(frames, depth=PREFETCH_FRAMES):
                 if self.kind == "raw" and stream.count and frame.shape != stream.step_shape:
                     raise MediaError(source, f"the frame size changes from {_size(stream.step_shape)} to "
                                              f"{_size(frame.shape)} at {second:g} s; a raw model needs one frame "
@@ -316,6 +322,15 @@ class VideoBranch(Branch):
         from tivm.runtime import image
 
         return image.preprocess_frames(frames, **image_arguments(self.spec.frontend))
+
+
+def streaming_threads() -> tuple[int, int]:
+    """(decoder threads, model threads) when the backbone runs beside the decoder: the cores split between the
+    two stages, so neither waits for a core the other holds. On 2 cores, 1 + 1 measured best (ResNet-50 int8,
+    docs/benchmarks/end_to_end.md); FFmpeg's default alone would take every core plus one."""
+    cores = os.cpu_count() or 1
+    decoder = max(1, cores // 2)
+    return decoder, max(1, cores - decoder)
 
 
 class WindowHead:
