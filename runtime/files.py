@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -165,3 +166,20 @@ def read_json_object(path: str | os.PathLike, error: Callable[[str], Exception],
 
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
+
+
+HOME_ENV = "TIVM_HOME"
+
+
+def cache_root() -> Path:
+    """tivm's cache folder (weights, optimized onnxruntime graphs, search indexes): `$TIVM_HOME`, else the
+    platform's user cache folder + tivm. Only files tivm wrote there are read back."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV])
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "tivm"

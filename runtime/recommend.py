@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tivm.runtime.errors import LibraryError
+from tivm.runtime.files import cache_root
 from tivm.runtime.library import SongLibrary
 from tivm.runtime.model import Model, WindowEmbeddings
 from tivm.runtime.search import make_search
@@ -58,8 +59,6 @@ def index_cache_dir() -> Path:
     Never beside the library: a library is data someone may have handed the user, and a file next to it
     could be a crafted index that FAISS's reader was never meant to parse. Only files tivm wrote are read.
     """
-    from tivm.runtime.session_cache import cache_root
-
     return cache_root() / "index"
 
 

@@ -18,27 +18,14 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import sys
 from pathlib import Path
 from typing import Callable
 
-HOME_ENV = "TIVM_HOME"  # the same root as the weights cache (tivm.train.weights)
+from tivm.runtime.files import cache_root
+
 CACHE_ENV = "TIVM_ORT_CACHE"
 CACHED_PROVIDERS = ["CPUExecutionProvider"]
 FORMAT = "tivm-ort-cache-1"  # bump when what is cached changes
-
-
-def cache_root() -> Path:
-    """tivm's cache folder: `$TIVM_HOME`, else the platform's user cache folder + tivm."""
-    if os.environ.get(HOME_ENV):
-        return Path(os.environ[HOME_ENV])
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "tivm"
 
 
 def _cpu_signature() -> str:

@@ -1,8 +1,8 @@
 """Pretrained weight files: where they come from, where they are cached, and loading them safely.
 
-A file is resolved from an explicit path, or from the cache (`$TIVM_HOME/weights`, default
-`platformdirs.user_cache_dir("tivm")/weights`), which is filled from the official URL on first use with
-sha256 verification. Files are only ever read with `torch.load(weights_only=True)` or
+A file is resolved from an explicit path, or from the cache (`$TIVM_HOME/weights`, default the user cache
+folder + `tivm/weights`: `tivm.runtime.files.cache_root`), which is filled from the official URL on first use
+with sha256 verification. Files are only ever read with `torch.load(weights_only=True)` or
 `np.load(allow_pickle=False)`: nothing is unpickled beyond tensors and plain arrays.
 """
 
@@ -23,7 +23,7 @@ from tivm.runtime.errors import ModelError
 from tivm.runtime.files import atomic_write
 from tivm.runtime.manifest import file_sha256  # one hashing routine for weights, models and songs
 
-HOME_ENV = "TIVM_HOME"
+HOME_ENV = "TIVM_HOME"  # tivm.runtime.files.HOME_ENV, named here for the messages
 WEIGHTS_SUBDIR = "weights"
 DOWNLOAD_CHUNK = 1 << 20
 DOWNLOAD_TIMEOUT_S = 30
@@ -93,12 +93,9 @@ _NUMPY_SAFE_GLOBALS = [
 
 def weights_home() -> Path:
     """The cache folder for weight files."""
-    root = os.environ.get(HOME_ENV)
-    if not root:
-        import platformdirs
+    from tivm.runtime.files import cache_root  # one cache root for weights, graphs and indexes
 
-        root = platformdirs.user_cache_dir("tivm")
-    return Path(root) / WEIGHTS_SUBDIR
+    return cache_root() / WEIGHTS_SUBDIR
 
 
 def resolve_weights(spec: WeightSpec, path: str | os.PathLike | None = None, download: bool = True) -> Path:
