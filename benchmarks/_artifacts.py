@@ -186,12 +186,18 @@ def export(checkpoint: Path, quantize: str, kind: str, video_backbone: str | Non
     name = f"{checkpoint.name}-{kind}-{video_backbone or 'head'}-{precision}-{key_of(*inputs)}"
     out = cache_root() / "models" / name
     record_path = out.parent / f"{name}.export.json"
+    failure = out.parent / f"{name}.failed.txt"
+    cached = _cached(out, record_path, failure)
+    return cached or _run_export(checkpoint, out, args, record_path, failure)
+
+
+def _cached(out: Path, record_path: Path, failure: Path) -> tuple[Path, dict] | None:
+    """(out, its record) when built before; NotMeasured when it failed before (under the same key); else None."""
     if (out / "manifest.json").exists() and record_path.exists():
         return out, {**json.loads(record_path.read_text()), "reused": True}
-    failure = out.parent / f"{name}.failed.txt"
     if failure.exists():
         raise NotMeasured(failure.read_text().strip())
-    return _run_export(checkpoint, out, args, record_path, failure)
+    return None
 
 
 def _run_export(checkpoint: Path, out: Path, args: list[str], record_path: Path, failure: Path) -> tuple[Path, dict]:
@@ -228,11 +234,10 @@ def raw_bundle(full_dir: Path, threads: int) -> tuple[Path, dict]:
     name = f"{full_dir.name}-raw-{key_of(full_dir.name, code_hash(RAW_CODE))}"
     out = cache_root() / "models" / name
     record_path = out.parent / f"{name}.raw.json"
-    if (out / "manifest.json").exists() and record_path.exists():
-        return out, {**json.loads(record_path.read_text()), "reused": True}
     failure = out.parent / f"{name}.failed.txt"
-    if failure.exists():
-        raise NotMeasured(failure.read_text().strip())
+    cached = _cached(out, record_path, failure)
+    if cached:
+        return cached
     from tivm.export.raw import make_raw_bundle
 
     staging = out.parent / f"{name}.staging"

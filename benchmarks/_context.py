@@ -101,22 +101,16 @@ class Context:
         if kind == "head":
             precision = HEAD_PRECISION.get(precision, precision)
         key = (kind, backbone if kind == "full" else None, precision)
-        if key not in self.exports:
-            try:
-                checkpoint = A.latency_checkpoint()
-                quantize, int8_target = EXPORT_FLAGS[precision]
-                if kind == "full":
-                    self.exports[key] = A.export(checkpoint, quantize, "full", backbone,
-                                                 calibration=self.shared(MEDIA), min_cosine=FULL_EXPORT_MIN_COSINE,
-                                                 int8_target=int8_target)
-                else:
-                    self.exports[key] = A.export(checkpoint, quantize, "head")
-            except NotMeasured as exc:
-                self.exports[key] = exc
-        found = self.exports[key]
-        if isinstance(found, NotMeasured):
-            raise found
-        return found
+
+        def build():
+            checkpoint = A.latency_checkpoint()
+            quantize, int8_target = EXPORT_FLAGS[precision]
+            if kind == "full":
+                return A.export(checkpoint, quantize, "full", backbone, calibration=self.shared(MEDIA),
+                                min_cosine=FULL_EXPORT_MIN_COSINE, int8_target=int8_target)
+            return A.export(checkpoint, quantize, "head")
+
+        return _once(self.exports, key, build)
 
     def full_export_for(self, backbone: str, precision: str) -> tuple[Path, dict]:
         """The full export holding this backbone's branch (VGGish is in every full export: use ResNet-50's)."""
@@ -125,12 +119,16 @@ class Context:
     def raw_export_for(self, backbone: str, precision: str) -> tuple[Path, dict]:
         """The raw ("edge") bundle made from full_export_for(backbone, precision), cached (_artifacts.raw_bundle)."""
         full_dir, _ = self.full_export_for(backbone, precision)
-        if full_dir not in self.raw_bundles:
-            try:
-                self.raw_bundles[full_dir] = A.raw_bundle(full_dir, self.threads)
-            except NotMeasured as exc:
-                self.raw_bundles[full_dir] = exc
-        found = self.raw_bundles[full_dir]
-        if isinstance(found, NotMeasured):
-            raise found
-        return found
+        return _once(self.raw_bundles, full_dir, lambda: A.raw_bundle(full_dir, self.threads))
+
+
+def _once(store: dict, key, build):
+    """build()'s result for `key`, built at most once per run: a NotMeasured is remembered and raised again."""
+    if key not in store:
+        try:
+            store[key] = build()
+        except NotMeasured as exc:
+            store[key] = exc
+    if isinstance(store[key], NotMeasured):
+        raise store[key]
+    return store[key]
