@@ -94,6 +94,7 @@ def evaluate(name: str, windows: np.ndarray, offsets: np.ndarray, queries: np.nd
 
     windows = np.ascontiguousarray(windows, dtype=np.float32)
     windows16 = windows.astype(np.float16)  # what a library stores
+    dims = [d for d in dims if d < windows.shape[1]]  # a PCA to as many dims as the model has is no reduction
     exact = ExactSearch(windows, offsets)  # the reference: exact float32 search over the float32 embeddings
     truth, exact_ms = run_variant(exact, queries)
     exact_song_scores = [best_window_per_song(window_scores(windows, q), offsets)[0] for q in queries]
@@ -152,29 +153,35 @@ def real_libraries(run: Path, cache: Path | None, n_queries: int, seed: int) -> 
             (f"real: {len(windows)} YT8M videos, {GROUP} per song", windows, grouped, queries, data["about"])]
 
 
-def synthetic_library(n_windows: int, n_queries: int) -> tuple:
+def synthetic_library(n_windows: int, n_queries: int, dim: int) -> tuple:
     sys.path.insert(0, str(REPO))
     from benchmarks import _search_data
 
-    windows, offsets = _search_data.window_embeddings(n_windows)
+    windows, offsets = _search_data.window_embeddings(n_windows, dim=dim)
     queries = _search_data.queries(windows, n_queries)
-    return (f"synthetic: {n_windows} windows, {_search_data.WINDOWS_PER_SONG} per song",
+    return (f"synthetic: {n_windows} windows of {dim} dims, {_search_data.WINDOWS_PER_SONG} per song",
             windows.astype(np.float32), offsets, queries, {"source": "benchmarks/_search_data.py"})
 
 
-def library_sizes(n_songs: int, dims: list[int]) -> dict:
-    """Bytes on disk of an n_songs library in the full form and the compact form at each dims."""
+def library_sizes(n_songs: int, dims: list[int], model_dims: list[int]) -> dict:
+    """Bytes on disk of an n_songs library in the full form for models of each embedding size in
+    `model_dims`, and in the compact form at each PCA `dims` of the first (the largest) one."""
     sys.path.insert(0, str(REPO))
     from benchmarks.recommend_scale import synthetic_big_library
     from tivm.runtime.library import SongLibrary
 
     out = {"songs": n_songs}
     with tempfile.TemporaryDirectory() as tmp:
-        full = synthetic_big_library(n_songs, fingerprint="0" * 64)
+        for model_dim in model_dims[1:]:
+            path = Path(tmp) / f"full{model_dim}.npz"
+            synthetic_big_library(n_songs, fingerprint="0" * 64, dim=model_dim).save(path)
+            out[f"full_float16_{model_dim}d_bytes"] = path.stat().st_size
+            path.unlink()
+        full = synthetic_big_library(n_songs, fingerprint="0" * 64, dim=model_dims[0])
         path = Path(tmp) / "full.npz"
         full.save(path)
         out["windows"] = full.n_windows
-        out["full_float16_bytes"] = path.stat().st_size
+        out[f"full_float16_{model_dims[0]}d_bytes"] = path.stat().st_size
         for d in dims:
             compact_path = Path(tmp) / f"compact{d}.npz"
             full.compacted(d).save(compact_path)
@@ -190,6 +197,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="npz to keep the real embeddings in between runs")
     parser.add_argument("--dims", default="64,96,128,192")
     parser.add_argument("--synthetic-windows", type=int, default=405_000, help="0: no synthetic library")
+    parser.add_argument("--synthetic-dim", type=int, default=512, help="embedding size of the synthetic library")
+    parser.add_argument("--model-dims", default="512,64", help="embedding sizes whose full library is sized")
     parser.add_argument("--size-songs", type=int, default=10_000, help="0: no size measurement")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--hnsw", action="store_true", help="also the FAISS HNSW index (minutes to build)")
@@ -213,12 +222,12 @@ def main() -> None:
     if args.run:
         libraries += real_libraries(args.run, args.cache, args.queries, args.seed)
     if args.synthetic_windows:
-        libraries.append(synthetic_library(args.synthetic_windows, args.queries))
+        libraries.append(synthetic_library(args.synthetic_windows, args.queries, args.synthetic_dim))
     for name, windows, offsets, queries, about in libraries:
         print(name, flush=True)
         report["libraries"].append({**evaluate(name, windows, offsets, queries, dims, args.hnsw), "about": about})
     if args.size_songs:
-        report["size"] = library_sizes(args.size_songs, dims)
+        report["size"] = library_sizes(args.size_songs, dims, sorted(int(d) for d in args.model_dims.split(","))[::-1])
         print("size:", json.dumps(report["size"]), flush=True)
     report["load_after"] = _machine.load_average()
     if args.json:

@@ -15,8 +15,9 @@ same int8 resolution (without it the first components' range would set the step 
 division is undone in `q_code`, so it costs nothing at search time. What the PCA drops (the components past
 d) is the error that remains; docs/benchmarks/library_compact.md measures it on real embeddings.
 
-The scan converts int8 codes to float32 a cache-sized block at a time into one reused buffer and multiplies
-there: no float32 copy of the library is ever made, and int8 rows are a quarter of the float32 traffic.
+The scan (tivm.runtime.window_scan) converts int8 codes to float32 a cache-sized block at a time and
+multiplies there: no float32 copy of the library is ever made, and int8 rows are a quarter of the float32
+traffic.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tivm.runtime.window_scan import WindowScanner
+
 FORM = "int8-pca"
 DEFAULT_DIMS = 128
 MIN_DIMS = 8
 FIT_MAX_ROWS = 200_000  # rows the PCA is fitted on (evenly spaced): the covariance settles long before this
 ENCODE_CHUNK_ROWS = 1 << 14  # rows projected at once while encoding: bounds the float32 temporaries
-SCAN_BLOCK_ROWS = 4096  # int8 rows converted per block at search time: the float32 block stays in cache
 
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compare by identity
@@ -72,16 +74,10 @@ class CompactWindows:
         q_code = (self.components.T @ query) * self.component_scales
         return q_code.astype(np.float32), float(query @ self.mean)
 
-    def window_scores(self, query: np.ndarray) -> np.ndarray:
+    def window_scores(self, query: np.ndarray, scanner: WindowScanner | None = None) -> np.ndarray:
         """Approximate cosine of every window with the unit query: (W,) float32, scanned in blocks."""
         q_code, offset = self.query_code(query)
-        scores = np.empty(len(self.codes), dtype=np.float32)
-        block = np.empty((min(SCAN_BLOCK_ROWS, len(self.codes)), self.dims), dtype=np.float32)
-        for start in range(0, len(self.codes), SCAN_BLOCK_ROWS):
-            rows = self.codes[start:start + SCAN_BLOCK_ROWS]
-            converted = block[:len(rows)]
-            converted[...] = rows  # int8 -> float32 into the reused buffer: no allocation per block
-            np.matmul(converted, q_code, out=scores[start:start + len(rows)])
+        scores = (scanner or WindowScanner()).scores(self.codes, q_code)
         scores *= self.row_scales
         scores += offset
         return scores

@@ -94,7 +94,7 @@ class Recommender:
                                     providers=providers, branches=("video",))
         self.library.check_model(self.model.fingerprint, self.model.model_dir)
         self.search = make_search(self.library.windows, self.library.song_offsets, search,
-                                  **_index_cache(self.library))
+                                  threads=intra_op_threads, **_index_cache(self.library))
 
     def embed_video(self, video) -> WindowEmbeddings:
         """A video file or RGB frames (T, H, W, 3) uint8, one per second -> window embeddings."""

@@ -1,11 +1,12 @@
-"""Scoring songs against a query: exact numpy search over all windows, the compact library's int8 scan, or
-an approximate FAISS index.
+"""Scoring songs against a query: exact search over all windows, the compact library's int8 scan, or an
+approximate FAISS index.
 
 A song's score is its best-matching window's cosine similarity (embeddings are L2-normalised, so the dot
-product). Exact search streams the (possibly memory-mapped, float16) window matrix in chunks; compact search
-(tivm.runtime.compact) scans a compact library's int8 PCA codes a block at a time, never a float32 copy;
-the FAISS index (optional extra `ann`, imported only when used) retrieves the top windows and scores each
-song by its best retrieved window, so a song with no window among them is left out.
+product). Exact search and the compact scan stream the stored matrix (a full library's float16 rows, possibly
+memory-mapped, or a compact library's int8 codes) through tivm.runtime.window_scan a block at a time: no
+float32 copy of the library is made. The FAISS index (optional extra `ann`, imported only when used)
+retrieves the top windows and scores each song by its best retrieved window, so a song with no window among
+them is left out.
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ import numpy as np
 
 from tivm.runtime.compact import DEFAULT_DIMS, CompactWindows
 from tivm.runtime.files import atomic_path, atomic_write, write_text
+from tivm.runtime.window_scan import WindowScanner
 
-# Converting float16 to float32 costs more than the product itself, so a library up to this size is converted
-# once, when the search is made; larger ones stream float16 chunks from the memory map. Exact search on the
-# copy is fast and always right, while HNSW loses song recall as libraries grow (docs/runtime.md, "Exact or
-# approximate search"), so "auto" stays exact while the copy fits and only larger libraries go to HNSW.
-FLOAT32_COPY_MAX_BYTES = 1 << 30
-CHUNK_WINDOWS = 1 << 16  # rows per matmul: bounds the float32 copy of a float16 memory map
+# Exact search is always right, while HNSW loses song recall as libraries grow (docs/runtime.md, "Exact or
+# approximate search"), so "auto" stays exact up to this many stored values (windows x dims: 10,000 songs at
+# 512-d are 207M), whose scan takes about a tenth of a second on two cores; only larger libraries go to HNSW.
+AUTO_EXACT_MAX_VALUES = 1 << 28
 # songs of the compact scan re-scored exactly when the full vectors are there: on real embeddings the scan's
 # score error (a few thousandths) moves exact's top 10 only within the scan's top few dozen songs
 # (docs/benchmarks/library_compact.md)
@@ -35,6 +35,7 @@ RESCORE_MIN_SONGS = 100
 ANN_CANDIDATES_PER_RESULT = 32  # windows retrieved per song asked for
 MIN_ANN_CANDIDATES = 512
 HNSW_NEIGHBOURS = 32
+HNSW_ADD_ROWS = 1 << 16  # rows converted to float32 per add: bounds the copy FAISS needs
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 1024  # recall rises steeply to here at the same median latency (docs/architecture.md)
 
@@ -48,14 +49,9 @@ class SongHits:
     windows: np.ndarray
 
 
-def window_scores(embeddings: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Dot product of every window with the query (W,) float32, in chunks."""
-    query = np.asarray(query, dtype=np.float32).reshape(-1)
-    scores = np.empty(len(embeddings), dtype=np.float32)
-    for start in range(0, len(embeddings), CHUNK_WINDOWS):
-        chunk = np.asarray(embeddings[start:start + CHUNK_WINDOWS], dtype=np.float32)
-        np.matmul(chunk, query, out=scores[start:start + len(chunk)])
-    return scores
+def window_scores(embeddings: np.ndarray, query: np.ndarray, scanner: WindowScanner | None = None) -> np.ndarray:
+    """Dot product of every window with the query (W,) float32, streamed in blocks."""
+    return (scanner or WindowScanner()).scores(embeddings, query)
 
 
 def best_window_per_song(scores: np.ndarray, song_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,19 +76,17 @@ def top_k(values: np.ndarray, k: int) -> np.ndarray:
 
 
 class ExactSearch:
-    """Every window scored with numpy; exact, no index; large float16 memory maps are streamed."""
+    """Every window scored; exact, no index; the stored matrix (float16 or float32) streamed as it is."""
 
     name = "exact"
 
-    def __init__(self, embeddings: np.ndarray, song_offsets: np.ndarray,
-                 float32_copy_max_bytes: int = FLOAT32_COPY_MAX_BYTES):
-        if embeddings.dtype != np.float32 and embeddings.size * 4 <= float32_copy_max_bytes:
-            embeddings = np.asarray(embeddings, dtype=np.float32)
+    def __init__(self, embeddings: np.ndarray, song_offsets: np.ndarray, threads: int | None = 1):
         self.embeddings = embeddings
         self.song_offsets = np.asarray(song_offsets)
+        self.scanner = WindowScanner(threads)
 
     def top_songs(self, query: np.ndarray, k: int) -> SongHits:
-        best, rows = best_window_per_song(window_scores(self.embeddings, query), self.song_offsets)
+        best, rows = best_window_per_song(self.scanner.scores(self.embeddings, query), self.song_offsets)
         order = top_k(best, k)
         return SongHits(order, best[order], rows[order])
 
@@ -108,13 +102,15 @@ class CompactSearch:
 
     name = "compact"
 
-    def __init__(self, windows: CompactWindows, song_offsets: np.ndarray, exact_windows: np.ndarray | None = None):
+    def __init__(self, windows: CompactWindows, song_offsets: np.ndarray, exact_windows: np.ndarray | None = None,
+                 threads: int | None = 1):
         self.windows = windows
         self.song_offsets = np.asarray(song_offsets)
         self.exact_windows = exact_windows
+        self.scanner = WindowScanner(threads)
 
     def top_songs(self, query: np.ndarray, k: int) -> SongHits:
-        best, rows = best_window_per_song(self.windows.window_scores(query), self.song_offsets)
+        best, rows = best_window_per_song(self.windows.window_scores(query, self.scanner), self.song_offsets)
         if self.exact_windows is None:
             order = top_k(best, k)
             return SongHits(order, best[order], rows[order])
@@ -145,8 +141,8 @@ class FaissSearch:
         if index is None:
             index = faiss.IndexHNSWFlat(embeddings.shape[1], neighbours, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = ef_construction
-            for start in range(0, len(embeddings), CHUNK_WINDOWS):
-                index.add(np.ascontiguousarray(embeddings[start:start + CHUNK_WINDOWS], dtype=np.float32))
+            for start in range(0, len(embeddings), HNSW_ADD_ROWS):
+                index.add(np.ascontiguousarray(embeddings[start:start + HNSW_ADD_ROWS], dtype=np.float32))
         index.hnsw.efSearch = ef_search
         self.index = index
 
@@ -226,25 +222,24 @@ def import_faiss():
     return faiss
 
 
-def exact_fits(embeddings: np.ndarray) -> bool:
-    """Whether exact search can hold its float32 copy (the line "auto" draws; see docs/runtime.md)."""
-    return embeddings.shape[0] * embeddings.shape[1] * 4 <= FLOAT32_COPY_MAX_BYTES
+def auto_is_exact(embeddings: np.ndarray) -> bool:
+    """Whether "auto" searches these windows exactly (the line it draws; see docs/runtime.md)."""
+    return embeddings.shape[0] * embeddings.shape[1] <= AUTO_EXACT_MAX_VALUES
 
 
 METHODS = ("auto", "exact", "compact", "hnsw")
 
 
 def make_search(embeddings: np.ndarray | CompactWindows, song_offsets: np.ndarray, method: str = "auto", *,
-                index_path: Path | None = None, index_key: dict | None = None):
+                index_path: Path | None = None, index_key: dict | None = None, threads: int | None = 1):
     """The search for a library's windows: `embeddings` (W, D) of a full library, or a compact library's
     CompactWindows.
 
     A compact library is searched by its codes ("auto" or "compact"); exact and HNSW need the full vectors,
     which it no longer holds. For a full library: "exact", "hnsw", "compact" (fits the PCA and encodes every
     window when called, seconds per 100k windows; scans the codes, then re-scores the best songs exactly from
-    `embeddings`), or "auto": exact while its float32 copy fits
-    FLOAT32_COPY_MAX_BYTES (about 520k windows at 512-d), else HNSW when faiss-cpu is installed (else exact,
-    streaming float16).
+    `embeddings`), or "auto": exact up to AUTO_EXACT_MAX_VALUES stored values (about 520k windows at 512-d,
+    4M at 64-d), else HNSW when faiss-cpu is installed (else exact). `threads` runs the exact and compact scans.
 
     With `index_path` (and `index_key` saying which library it is), the HNSW index is cached there, and a
     full library's compact codes beside it (`<name>.compact.npz`).
@@ -253,20 +248,20 @@ def make_search(embeddings: np.ndarray | CompactWindows, song_offsets: np.ndarra
         raise ValueError(f"search method must be one of {', '.join(METHODS)}, got {method!r}")
     if isinstance(embeddings, CompactWindows):
         if method in ("auto", "compact"):
-            return CompactSearch(embeddings, song_offsets)
+            return CompactSearch(embeddings, song_offsets, threads=threads)
         raise ValueError(f"--search {method} needs the full window vectors, and this is a compact library "
                          f"({embeddings.dims}-d int8 codes); search it with --search compact, or use the full "
                          "library it was made from")
     if method == "auto":
         method = "exact"
-        if not exact_fits(embeddings):
+        if not auto_is_exact(embeddings):
             try:
                 import_faiss()
                 method = "hnsw"
             except ImportError:
                 pass
     if method == "exact":
-        return ExactSearch(embeddings, song_offsets)
+        return ExactSearch(embeddings, song_offsets, threads)
     if method == "compact":
         dims = min(DEFAULT_DIMS, embeddings.shape[1])
         if index_path is not None:
@@ -274,7 +269,7 @@ def make_search(embeddings: np.ndarray | CompactWindows, song_offsets: np.ndarra
                                              index_key or {})
         else:
             windows = CompactWindows.fit(embeddings, dims)
-        return CompactSearch(windows, song_offsets, exact_windows=embeddings)
+        return CompactSearch(windows, song_offsets, exact_windows=embeddings, threads=threads)
     if index_path is not None:
         return FaissSearch.cached(embeddings, song_offsets, Path(index_path), index_key or {})
     return FaissSearch(embeddings, song_offsets)

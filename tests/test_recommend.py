@@ -264,13 +264,14 @@ def test_hnsw_search_is_cached_in_the_user_cache(setup, recommender, clip_result
     assert index.stat().st_mtime_ns != built_at and len(list(index.parent.glob("*.hnsw"))) == 1
 
 
-def test_auto_search_is_exact_while_the_float32_copy_fits():
-    from tivm.runtime.search import exact_fits, make_search
+def test_auto_search_is_exact_up_to_its_size_limit():
+    from tivm.runtime.search import auto_is_exact, make_search
 
     small = np.zeros((100, 8), np.float16)
     assert make_search(small, np.array([0, 50, 100]), "auto").name == "exact"
-    assert exact_fits(np.broadcast_to(np.zeros(512, np.float16), (500_000, 512)))
-    assert not exact_fits(np.broadcast_to(np.zeros(512, np.float16), (600_000, 512)))
+    assert auto_is_exact(np.broadcast_to(np.zeros(512, np.float16), (500_000, 512)))
+    assert not auto_is_exact(np.broadcast_to(np.zeros(512, np.float16), (600_000, 512)))
+    assert auto_is_exact(np.broadcast_to(np.zeros(64, np.float16), (4_000_000, 64)))
     with pytest.raises(ValueError, match="search method"):
         make_search(small, np.array([0, 100]), "fastest")
 

@@ -104,6 +104,10 @@ def compact(
                f"{dims} of {written.dim} dims, {_mib(output.stat().st_size)} (was {_mib(library.stat().st_size)})")
 
 
+# the embedding size whose float16 library fits a phone with exact search (docs/benchmarks/library_compact.md)
+PHONE_SIZED_DIM = 64
+
+
 def _mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
 
@@ -116,9 +120,11 @@ def search_cost(lib) -> str:
         return (f"compact scan: {_mib(c.nbytes)} of int8 codes and row scales, "
                 f"{windows * c.dims / 1e6:.1f} M multiply-adds per query, no float32 copy")
     item = lib.embeddings.dtype.itemsize
-    return (f"exact: {windows * lib.dim / 1e6:.1f} M multiply-adds per query over {_mib(windows * lib.dim * 4)} "
-            f"of float32 (a copy held in memory up to 1 GiB, else {_mib(windows * lib.dim * item)} streamed); "
-            "`tivm-library compact` makes the phone-sized form")
+    advice = ("" if lib.dim <= PHONE_SIZED_DIM else
+              f"; a model with {PHONE_SIZED_DIM}-d embeddings makes an exact library {lib.dim // PHONE_SIZED_DIM}x "
+              "smaller, `tivm-library compact` an approximate one (docs/runtime.md)")
+    return (f"exact: {_mib(windows * lib.dim * item)} of {lib.embeddings.dtype} windows scanned, "
+            f"{windows * lib.dim / 1e6:.1f} M multiply-adds per query, no float32 copy{advice}")
 
 
 @app.command()
