@@ -111,6 +111,8 @@ def test_a_dict_config_is_checked_too():
     ("train", "val_fraction", 1.0, "train.val_fraction must be a number in (0, 1), got 1.0"),
     ("train", "domain_fraction", 1.0, "train.domain_fraction must be a number in [0, 1), got 1.0"),
     ("train", "domain_val_fraction", 0, "train.domain_val_fraction must be a number in (0, 1), got 0"),
+    ("train", "ema_decay", 1.0, "train.ema_decay must be a number in [0, 1), got 1.0"),
+    ("loss", "distill_weight", -0.5, "loss.distill_weight must be a number >= 0, got -0.5"),
     ("", "model", [], "model must be a JSON object, got []"),
     ("", "name", 7, "name must be a string, got 7"),
 ])

@@ -399,3 +399,227 @@ def test_batchnorm_recalibration_takes_the_statistics_of_the_given_clips_and_not
     for key, value in model.state_dict().items():
         if key in weights:
             torch.testing.assert_close(value, weights[key], rtol=0, atol=0)  # weights untouched
+
+
+# ---------------------------------------------------------------------------------------------- weight average
+
+def test_the_weight_average_follows_its_formula_and_copies_counters():
+    from tivm.train.trainer import WeightAverage
+    model = _small_ivm_m()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = WeightAverage(model, decay=0.9)
+    decays = []
+    for step in range(100):
+        with torch.no_grad():
+            for value in model.state_dict().values():
+                value.fill_(float(step)) if value.is_floating_point() else value.fill_(step)
+        decays.append(ema.current_decay())
+        ema.update(model)
+    # the warm-up ramp (1 + n) / (10 + n) reaches the configured decay and stays there
+    assert decays[0] == pytest.approx(0.1) and decays[-1] == 0.9 and max(decays) == 0.9
+    key = "video_head.mlp.0.weight"
+    want = start[key].clone()
+    for step, decay in enumerate(decays):
+        want = decay * want + (1 - decay) * step
+    torch.testing.assert_close(ema.model.state_dict()[key], want)
+    assert int(ema.model.state_dict()["video_head.mlp.1.num_batches_tracked"]) == 99  # copied, not averaged
+    assert not torch.equal(ema.model.state_dict()[key], model.state_dict()[key])  # a copy, not the model
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_fit_with_ema_validates_and_saves_the_average_and_resumes_it(tmp_path, small_parts):
+    cfg = small_config("IVM-M", epochs=2, ema_decay=0.9)
+    cfg["model"]["dropout"] = 0.3
+    summary = fit(cfg, small_parts, tmp_path / "straight", _args(cfg))
+    saved = checkpoint._read_tensors(tmp_path / "straight" / "model.safetensors")
+    raw = checkpoint._read_tensors(tmp_path / "straight" / "resume" / "model.safetensors")
+    average = checkpoint._read_tensors(tmp_path / "straight" / "resume" / "ema.safetensors")
+    key = "video_head.mlp.0.weight"
+    assert not torch.equal(average[key], raw[key])  # the average is not the last weights
+    if summary["best_epoch"] == 2:  # the checkpoint is the average of the chosen epoch
+        torch.testing.assert_close(saved[key], average[key], rtol=0, atol=0)
+    model, record = checkpoint.load_checkpoint(tmp_path / "straight")
+    assert record["parameters"] == summary["parameters"] > 0
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_one(epoch, model):
+        if epoch == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fit(cfg, small_parts, tmp_path / "split", _args(cfg), on_epoch_end=stop_after_one)
+    fit(cfg, small_parts, tmp_path / "split", _args(cfg), resume=True)
+    resumed = checkpoint._read_tensors(tmp_path / "split" / "resume" / "ema.safetensors")
+    for name in average:
+        torch.testing.assert_close(resumed[name], average[name], rtol=0, atol=0, msg=name)
+    plain = small_config("IVM-M", epochs=1)
+    fit(plain, small_parts, tmp_path / "plain", _args(plain))
+    with pytest.raises(ValueError, match="not trained with train.ema_decay"):
+        fit(cfg, small_parts, tmp_path / "plain", _args(cfg), resume=True)
+
+
+# ---------------------------------------------------------------------------------------------- distillation
+
+def test_distill_kl_is_zero_at_the_teacher_and_pulls_the_student_towards_the_ensemble():
+    from torch.nn import functional as F
+
+    from tivm.train.losses import compute_loss, distill_kl, info_nce
+    generator = torch.Generator().manual_seed(0)
+    teachers = [torch.randn(6, 6, generator=generator) * 3 for _ in range(2)]
+    assert float(distill_kl(teachers[0].clone(), teachers[:1])) == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(6, 6, generator=generator, requires_grad=True)
+    # the definition, written out: KL(mean of teacher softmaxes || student softmax), rows and columns
+    rows = (F.softmax(teachers[0], 1) + F.softmax(teachers[1], 1)) / 2
+    cols = (F.softmax(teachers[0], 0) + F.softmax(teachers[1], 0)) / 2
+    want = float(0.5 * (F.kl_div(F.log_softmax(student.detach(), 1), rows, reduction="batchmean")
+                        + F.kl_div(F.log_softmax(student.detach().T, 1), cols.T, reduction="batchmean")))
+    assert float(distill_kl(student.detach(), teachers)) == pytest.approx(want, rel=1e-5) and want > 0.1
+
+    def descend(target: list[torch.Tensor]) -> tuple[float, float]:
+        """(KL before, KL after) 1000 gradient steps on a copy of the student's logits."""
+        logits = student.detach().clone().requires_grad_(True)
+        before = float(distill_kl(logits.detach(), target))
+        optimizer = torch.optim.SGD([logits], lr=1.0)
+        for _ in range(1000):
+            optimizer.zero_grad()
+            distill_kl(logits, target).backward()
+            optimizer.step()
+        return before, float(distill_kl(logits.detach(), target))
+
+    # one teacher: the student can match it exactly, rows and columns; the gradient gets it there
+    before, after = descend(teachers[:1])
+    assert after < 0.01 * before
+    # two: no single logit matrix has the averaged rows and the averaged columns, but it gets close
+    before, after = descend(teachers)
+    assert after < 0.2 * before
+    # compute_loss adds weight x KL on the student's scaled similarities, and refuses to run without teachers
+    audio = F.normalize(torch.randn(6, 4, generator=generator), dim=1)
+    video = F.normalize(torch.randn(6, 4, generator=generator), dim=1)
+    scale = torch.tensor(5.0)
+    base = info_nce(audio, video, scale)
+    total = compute_loss({"kind": "infonce", "distill_weight": 2.0}, scale, audio, video, teacher_logits=teachers)
+    assert float(total - base) == pytest.approx(2 * float(distill_kl(scale * video @ audio.T, teachers)), rel=1e-5)
+    # softened: logits of both sides divided by T, the term times T^2
+    soft = compute_loss({"kind": "infonce", "distill_weight": 2.0, "distill_temperature": 4.0}, scale, audio, video,
+                        teacher_logits=teachers)
+    want = 2 * 16 * float(distill_kl(scale * video @ audio.T / 4, [t / 4 for t in teachers]))
+    assert float(soft - base) == pytest.approx(want, rel=1e-5) and abs(want - float(total - base)) > 1e-3
+    with pytest.raises(ValueError, match="--teacher"):
+        compute_loss({"kind": "infonce", "distill_weight": 2.0}, scale, audio, video)
+
+
+def _batch_kl(student_dir, teacher_dir, fs) -> float:
+    """distill_kl of the student's last weights (its resume point: early stopping may have kept an earlier
+    epoch) towards the teacher over fs in one batch, eval mode."""
+    from tivm.train.losses import distill_kl
+    from tivm.train.trainer import embed
+    student, _ = checkpoint.load_checkpoint(student_dir)
+    student.load_state_dict(checkpoint._read_tensors(student_dir / "resume" / "model.safetensors"))
+    teacher, _ = checkpoint.load_checkpoint(teacher_dir)
+    sa, sv = (torch.from_numpy(x) for x in embed(student, fs.audio, fs.video))
+    ta, tv = (torch.from_numpy(x) for x in embed(teacher, fs.audio, fs.video))
+    with torch.no_grad():
+        return float(distill_kl(student.logit_scale * sv @ sa.T, [teacher.logit_scale * tv @ ta.T]))
+
+
+def test_fit_distils_from_teachers_of_the_same_split_only(tmp_path, small_parts):
+    teacher_cfg = small_config("IVM-M", epochs=3)
+    teacher_data = {"fingerprint": "f", "label": None, "sizes": {"train": 1}, "domain_val_fraction": None}
+    fit(teacher_cfg, small_parts, tmp_path / "teacher", _args(teacher_cfg), data=teacher_data)
+    student_cfg = small_config("IVM-M", epochs=8, seed=5)
+    fit(student_cfg, small_parts, tmp_path / "plain", _args(student_cfg), data=teacher_data)
+    student_cfg["loss"] = {"kind": "infonce", "distill_weight": 20.0}
+    args = _args(student_cfg, teachers=[str(tmp_path / "teacher")])
+    fit(student_cfg, small_parts, tmp_path / "student", args, data=teacher_data)
+    # the distilled student's in-batch distributions are much closer to the teacher's than a plain run's,
+    # on the clips it learnt from and on held-out ones
+    for split in ("train", "val"):
+        clips = small_parts[split].subset(np.arange(64))
+        kl_plain = _batch_kl(tmp_path / "plain", tmp_path / "teacher", clips)
+        kl_student = _batch_kl(tmp_path / "student", tmp_path / "teacher", clips)
+        assert kl_student < 0.5 * kl_plain, (split, kl_student, kl_plain)
+    other_split = {**teacher_data, "sizes": {"train": 2}}
+    with pytest.raises(ValueError, match="its data sizes differs"):
+        fit(student_cfg, small_parts, tmp_path / "x", args, data=other_split)
+    with pytest.raises(ValueError, match="needs teacher runs"):
+        fit(student_cfg, small_parts, tmp_path / "y", _args(student_cfg))
+    with pytest.raises(ValueError, match="teachers need loss.distill_weight"):
+        fit(teacher_cfg, small_parts, tmp_path / "z", _args(teacher_cfg, teachers=[str(tmp_path / "teacher")]))
+
+
+# ---------------------------------------------------------------------------------------------- label objective
+
+def test_label_targets_take_the_most_frequent_labels_as_multi_hot_columns():
+    from tivm.train.dataset import labels_to_csr
+    from tivm.train.trainer import label_targets
+    fs = generate(n=5, seed=0, **SMALL)
+    indptr, flat = labels_to_csr([[7, 2], [2], [9, 7, 2], [], [9]])
+    fs = FeatureSet(fs.audio, fs.video, fs.clip_id, fs.source_id, fs.start, fs.split, indptr, flat, fs.manifest)
+    labels, targets = label_targets(fs, 2)
+    assert labels.tolist() == [2, 7]  # 2 three times; 7 and 9 twice each, the tie to the lower id
+    assert targets.tolist() == [[1, 1], [1, 0], [1, 1], [0, 0], [0, 0]]
+    labels, targets = label_targets(fs, 10)
+    assert labels.tolist() == [2, 7, 9] and targets[:, 2].tolist() == [0, 0, 1, 0, 1]
+    with pytest.raises(ValueError, match="labelled training clips"):
+        label_targets(generate(n=5, seed=0, **SMALL), 2)
+
+
+def _content_labelled(n: int = 600) -> FeatureSet:
+    """Synthetic clips labelled by their content: label 5 when the video's first feature (mean over time)
+    is above its median, else label 6; every fourth clip also label 8. A classifier on good embeddings can
+    learn labels 5 and 6."""
+    from tivm.train.dataset import labels_to_csr
+    fs = generate(n=n, seed=2, **SMALL)
+    first = np.asarray(fs.video)[:, :, 0].mean(axis=1)
+    lists = [[5 if x > np.median(first) else 6] + ([8] if i % 4 == 0 else []) for i, x in enumerate(first)]
+    indptr, flat = labels_to_csr(lists)
+    return FeatureSet(fs.audio, fs.video, fs.clip_id, fs.source_id, fs.start, fs.split, indptr, flat, fs.manifest)
+
+
+def test_fit_trains_label_classifiers_beside_a_model_whose_checkpoint_is_unchanged(tmp_path):
+    from tivm.train.losses import label_loss
+    from tivm.train.trainer import LabelClassifiers, embed, label_targets
+    parts = split_data(_content_labelled())
+    cfg = small_config("IVM-M", epochs=10, lr=1e-2)
+    cfg["loss"] = {"kind": "infonce", "label_weight": 1.0, "label_count": 2}
+    fit(cfg, parts, tmp_path / "a", _args(cfg))
+    plain_cfg = small_config("IVM-M", epochs=1)
+    fit(plain_cfg, parts, tmp_path / "plain", _args(plain_cfg))
+    # the checkpoint holds exactly the tensors of a model trained without the objective
+    with_labels = checkpoint._read_tensors(tmp_path / "a" / "model.safetensors")
+    without = checkpoint._read_tensors(tmp_path / "plain" / "model.safetensors")
+    assert with_labels.keys() == without.keys()
+    # the trained classifiers predict the two most frequent labels (5, 6) far better than untrained ones
+    model, _ = checkpoint.load_checkpoint(tmp_path / "a")
+    model.load_state_dict(checkpoint._read_tensors(tmp_path / "a" / "resume" / "model.safetensors"))
+    labels, targets = label_targets(parts["train"], 2)
+    trained = LabelClassifiers(32, labels)
+    trained.load(tmp_path / "a")
+    assert sorted(trained.labels.tolist()) == [5, 6]
+    audio, video = (torch.from_numpy(x) for x in embed(model, parts["train"].audio, parts["train"].video))
+    with torch.no_grad():
+        after = float(label_loss(*trained(audio, video), torch.from_numpy(targets)))
+        before = float(label_loss(*LabelClassifiers(32, labels)(audio, video), torch.from_numpy(targets)))
+        right = (trained.video(video).argmax(dim=1) == torch.from_numpy(targets).argmax(dim=1)).float().mean()
+    assert after < 0.7 * before and float(right) > 0.8, (after, before, float(right))
+    # resuming restores the classifiers too: the same final weights as the uninterrupted run
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_one(epoch, model):
+        if epoch == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fit(cfg, parts, tmp_path / "split", _args(cfg), on_epoch_end=stop_after_one)
+    fit(cfg, parts, tmp_path / "split", _args(cfg), resume=True)
+    for name in ("model.safetensors", LabelClassifiers.FILE):
+        a = checkpoint._read_tensors(tmp_path / "a" / "resume" / name)
+        b = checkpoint._read_tensors(tmp_path / "split" / "resume" / name)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    with pytest.raises(ValueError, match="labelled training clips"):
+        fit(cfg, split_data(generate(n=300, seed=0, **SMALL)), tmp_path / "b", _args(cfg))

@@ -107,7 +107,9 @@ MODEL_RULES: dict[str, Rule] = {
 }
 LOSS_RULES: dict[str, Rule] = {  # read by tivm.train.losses.compute_loss
     "kind": _choice(LOSS_KINDS), "margin": NON_NEGATIVE, "top_q": _integer(1), "structure_k": _integer(1),
-    "structure_weight": NON_NEGATIVE, "structure_scale": POSITIVE,
+    "structure_weight": NON_NEGATIVE, "structure_scale": POSITIVE, "distill_weight": NON_NEGATIVE,
+    "distill_temperature": POSITIVE,
+    "label_weight": NON_NEGATIVE, "label_count": _integer(1),
 }
 # tivm.train.trainer.TrainArgs, plus val_fraction and domain_val_fraction (read by tivm-train's split)
 TRAIN_RULES: dict[str, Rule] = {
@@ -116,14 +118,14 @@ TRAIN_RULES: dict[str, Rule] = {
     "eval_batch_size": _integer(1), "batching": _choice(BATCHINGS), "clusters": _integer(1),
     "clustered_fraction": SHARE, "val_fraction": STRICT_SHARE,
     "domain_fraction": RATE, "domain_labels": LABELS, "domain_batchnorm": BOOLEAN,
-    "domain_val_fraction": STRICT_SHARE,
+    "domain_val_fraction": STRICT_SHARE, "ema_decay": RATE,
 }
 BLOCK_RULES: dict[str, dict[str, Rule]] = {"model": MODEL_RULES, "loss": LOSS_RULES, "train": TRAIN_RULES}
 TOP_RULES: dict[str, Rule] = {"name": TEXT, "description": TEXT, "doc": FREE,  # doc: prose, never read
                               **{block: OBJECT for block in BLOCK_RULES}}
 # TrainArgs fields that describe the machine, not the recipe: tivm-train always sets them from its options
 COMMAND_LINE_ONLY = {"device": "--device", "progress": "--progress/--no-progress", "domain_label": "--label",
-                     "init": "--init"}
+                     "init": "--init", "teachers": "--teacher"}
 
 
 def _unknown_key(block: str, key: str, rules: dict[str, Rule]) -> str:

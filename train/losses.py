@@ -12,6 +12,14 @@ All take L2-normalised embeddings `audio` (B, E) and `video` (B, E) whose row i 
   the input space's order of d(i, j) and d(i, k). The penalty is |sign(dx_ij - dx_ik) - tanh((de_ij - de_ik)
   / scale)| / 2, in [0, 1]: 0 when the order is kept with room to spare, 1 when it is reversed.
 * `vmnet_loss`: triplet + weight * (structure(audio) + structure(video)) / 2, weight 1 = equal weighting.
+* `distill_kl`: ensemble distillation (Hinton et al. 2015, applied to the in-batch retrieval distributions):
+  the KL divergence from the teachers' averaged softmax over the batch (each teacher's own similarities times
+  its own 1/temperature) to the student's, for video and audio queries alike; compute_loss adds it times
+  loss.distill_weight, on logits divided by loss.distill_temperature (times its square).
+* `label_loss`: the label-aware auxiliary objective (loss.label_weight): multi-label binary cross-entropy of
+  linear classifiers on each branch's embedding against the training clips' labels (the loss.label_count
+  most frequent ones). The classifiers live beside the model (tivm.train.trainer.LabelClassifiers), never in
+  its checkpoint, so what is exported is unchanged.
 """
 
 from __future__ import annotations
@@ -94,10 +102,61 @@ def vmnet_loss(audio: torch.Tensor, video: torch.Tensor, audio_inputs: torch.Ten
     return triplet + structure_weight * structure
 
 
+def distill_kl(logits: torch.Tensor, teacher_logits: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over queries of KL(teachers || student) for the in-batch distributions, both directions averaged.
+    logits (B, B): the student's, row i = video query i over the batch's audio; teacher_logits: the same for
+    each teacher (no gradient). The target is the mean of the teachers' softmaxes (the ensemble's distribution),
+    per row for video queries and per column for audio queries."""
+    if not teacher_logits:
+        raise ValueError("distillation needs at least one teacher")
+    with torch.no_grad():
+        rows = torch.stack([F.softmax(t.float(), dim=1) for t in teacher_logits]).mean(dim=0)
+        cols = torch.stack([F.softmax(t.float(), dim=0) for t in teacher_logits]).mean(dim=0)
+    kl_rows = (torch.xlogy(rows, rows) - rows * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    kl_cols = (torch.xlogy(cols, cols) - cols * F.log_softmax(logits, dim=0)).sum(dim=0).mean()
+    return 0.5 * (kl_rows + kl_cols)
+
+
+DEFAULT_LABEL_COUNT = 1000
+
+
+def label_settings(loss_config: dict) -> tuple[float, int]:
+    """(loss.label_weight, loss.label_count) of a loss block: the auxiliary label objective's weight (0: off)
+    and how many of the most frequent training labels it predicts."""
+    return float(loss_config.get("label_weight", 0.0)), int(loss_config.get("label_count", DEFAULT_LABEL_COUNT))
+
+
+def label_loss(audio_logits: torch.Tensor, video_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of both branches' label logits (B, K) against multi-hot targets (B, K), summed
+    over the K labels (a clip's multi-label loss, so the weight does not shrink as K grows), averaged over
+    clips and branches."""
+    targets = targets.float()
+    return 0.5 * (F.binary_cross_entropy_with_logits(audio_logits, targets, reduction="sum")
+                  + F.binary_cross_entropy_with_logits(video_logits, targets, reduction="sum")) / targets.shape[0]
+
+
 def compute_loss(loss_config: dict, logit_scale: torch.Tensor, audio_emb: torch.Tensor, video_emb: torch.Tensor,
-                 audio_ref: torch.Tensor | None = None, video_ref: torch.Tensor | None = None) -> torch.Tensor:
+                 audio_ref: torch.Tensor | None = None, video_ref: torch.Tensor | None = None,
+                 teacher_logits: list[torch.Tensor] | None = None) -> torch.Tensor:
     """The loss a config names for one batch: "infonce", or "triplet_structure" (needs the reference
-    input-space vectors, Head.reference_features)."""
+    input-space vectors, Head.reference_features); plus loss.distill_weight times distill_kl towards the
+    teachers' in-batch logits when that weight is above 0 (teacher_logits then required)."""
+    weight = float(loss_config.get("distill_weight", 0.0))
+    loss = _base_loss(loss_config, logit_scale, audio_emb, video_emb, audio_ref, video_ref)
+    if weight > 0:
+        if not teacher_logits:
+            raise ValueError("loss.distill_weight needs the teachers' in-batch logits (tivm-train --teacher)")
+        # Hinton et al.'s softening: both sides' logits divided by T, the term scaled by T^2 so that its
+        # gradients keep their size; teachers are near one-hot on the pairs they trained on, T > 1 lets
+        # their ranking of the other clips through
+        soft = float(loss_config.get("distill_temperature", 1.0))
+        student = logit_scale * (video_emb @ audio_emb.T) / soft
+        loss = loss + weight * soft * soft * distill_kl(student, [t / soft for t in teacher_logits])
+    return loss
+
+
+def _base_loss(loss_config: dict, logit_scale: torch.Tensor, audio_emb: torch.Tensor, video_emb: torch.Tensor,
+               audio_ref: torch.Tensor | None, video_ref: torch.Tensor | None) -> torch.Tensor:
     kind = loss_config.get("kind", "infonce")
     if kind == "infonce":
         return info_nce(audio_emb, video_emb, logit_scale)

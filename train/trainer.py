@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from tivm.train.checkpoint import (
+    RESUME_DIR,
     has_resume_state,
     load_checkpoint,
     load_resume_state,
@@ -42,7 +43,7 @@ from tivm.train.config import TRAIN_RULES, check_option, check_values
 from tivm.train.data_spec import input_stats
 from tivm.train.dataset import FeatureSet
 from tivm.train.heads import TivmModel, build_model, count_parameters
-from tivm.train.losses import compute_loss
+from tivm.train.losses import compute_loss, label_loss, label_settings
 from tivm.train.metrics import retrieval_metrics
 
 LOG_FILE = "metrics.jsonl"
@@ -87,6 +88,14 @@ class TrainArgs:
     domain_batchnorm: bool = False
     # a run directory whose weights (and input statistics) start the training: fine-tuning a general model
     init: str | None = None
+    # exponential moving average of the weights (and BatchNorm statistics): 0 off; else every step
+    # ema <- d * ema + (1 - d) * weights with d = min(ema_decay, (1 + step) / (10 + step)) (the short warm-up
+    # keeps the random initialisation from lingering), and validation, selection and the saved checkpoint use
+    # the average: one model of the same shape, so it exports as before
+    ema_decay: float = 0.0
+    # ensemble distillation (loss.distill_weight): trained runs whose averaged in-batch similarity
+    # distributions the student also matches; command line only (--teacher), like init
+    teachers: list[str] | None = None
 
     @classmethod
     def from_config(cls, config: dict, **overrides: Any) -> "TrainArgs":
@@ -301,6 +310,141 @@ def domain_order(general: torch.Tensor, domain: torch.Tensor, batch: int, domain
     return torch.cat(rows)
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and buffers (train.ema_decay): a deep copy, in
+    eval mode, updated after every optimisation step. Floating-point tensors are averaged (BatchNorm running
+    statistics too, so they belong to the averaged weights); integer ones (batch counters) are copied."""
+
+    EMA_FILE = "ema.safetensors"  # beside the resume point
+
+    def __init__(self, model: TivmModel, decay: float):
+        if not 0 < decay < 1:
+            raise ValueError(f"train.ema_decay must be in (0, 1), got {decay}")
+        self.decay, self.updates = decay, 0
+        # never back-propagated (updates run under no_grad); its parameters keep requires_grad so that a
+        # checkpoint of it counts them like the trained model's
+        self.model = copy.deepcopy(model).eval()
+
+    def current_decay(self) -> float:
+        """The decay of the next update: ramps up as (1 + n) / (10 + n) to ema_decay, so the average forgets
+        the random initialisation within a few steps instead of 1 / (1 - decay) of them."""
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: TivmModel) -> None:
+        decay = self.current_decay()
+        self.updates += 1
+        current = model.state_dict()
+        for key, average in self.model.state_dict().items():
+            value = current[key].detach()
+            if average.dtype.is_floating_point:
+                average.mul_(decay).add_(value.to(average.dtype), alpha=1.0 - decay)
+            else:
+                average.copy_(value)
+
+    def save(self, run_dir: Path) -> None:
+        from safetensors.torch import save_file
+        where = run_dir / RESUME_DIR / self.EMA_FILE
+        where.parent.mkdir(parents=True, exist_ok=True)
+        partial = where.with_name(where.name + ".partial")
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(partial),
+                  metadata={"updates": str(self.updates)})
+        partial.replace(where)
+
+    def load(self, run_dir: Path) -> None:
+        from safetensors import safe_open
+        where = run_dir / RESUME_DIR / self.EMA_FILE
+        if not where.is_file():
+            raise ValueError(f"{where}: missing; the run to resume was not trained with train.ema_decay")
+        with safe_open(str(where), framework="pt") as f:
+            self.model.load_state_dict({k: f.get_tensor(k) for k in f.keys()})
+            self.updates = int((f.metadata() or {}).get("updates", 0))
+
+
+@torch.no_grad()
+def teacher_embeddings(runs: list[str], train: FeatureSet, device: torch.device,
+                       data: dict | None = None) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """(audio, video, 1/temperature) per teacher run: its embeddings of every training clip (eval mode,
+    float16 to halve the memory), looked up per batch for loss.distill_weight. With data (the student's data
+    record), a teacher must have been trained on the same data and split, so that none of the student's
+    validation or test clips taught it."""
+    out = []
+    for run in runs:
+        teacher, record = load_checkpoint(run)
+        if (teacher.audio_dim, teacher.video_dim) != (train.audio_dim, train.video_dim):
+            raise ValueError(f"{run}: a teacher needs {train.audio_dim}/{train.video_dim}-d inputs, it has "
+                             f"{teacher.audio_dim}/{teacher.video_dim}")
+        if data is not None:
+            theirs = record.get("data") or {}
+            for key in ("fingerprint", "label", "sizes", "domain_val_fraction"):
+                if theirs.get(key) != data.get(key):
+                    raise ValueError(f"{run}: a teacher must be trained on this run's data and split "
+                                     f"(its data {key} differs), else it may have seen validation or test clips")
+        teacher.to(device)
+        audio, video = embed(teacher, train.audio, train.video, device)
+        out.append((torch.from_numpy(audio).half(), torch.from_numpy(video).half(),
+                    float(teacher.logit_scale.detach())))
+    return out
+
+
+class LabelClassifiers(nn.Module):
+    """The label-aware auxiliary objective's classifiers (loss.label_weight): one linear layer per branch
+    from the embedding to the `labels` (the most frequent labels of the training clips). Trained beside the
+    model by the same optimizer and saved only with the resume point: the model's checkpoint, and so what
+    tivm-export reads, does not change."""
+
+    FILE = "labels.safetensors"  # beside the resume point
+
+    def __init__(self, embed_dim: int, labels: np.ndarray, frequency: np.ndarray | None = None):
+        super().__init__()
+        self.register_buffer("labels", torch.as_tensor(np.asarray(labels, np.int64)))
+        self.audio = nn.Linear(embed_dim, len(labels))
+        self.video = nn.Linear(embed_dim, len(labels))
+        # unit embeddings have entries of about 1/sqrt(E): scaled to about 1, so that the default
+        # initialisation and AdamW's steps of about lr move the logits at a useful pace
+        self.scale = math.sqrt(embed_dim)
+        if frequency is not None:  # start at each label's base rate: rare labels need logits near -5, which
+            # a bias stepping by lr would take thousands of steps to reach (Lin et al. 2017's prior init)
+            p = torch.as_tensor(np.clip(np.asarray(frequency, np.float64), 1e-4, 1 - 1e-4), dtype=torch.float32)
+            with torch.no_grad():
+                for layer in (self.audio, self.video):
+                    layer.bias.copy_(torch.log(p / (1 - p)))
+
+    def forward(self, audio: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.audio(audio * self.scale), self.video(video * self.scale)
+
+    def save(self, run_dir: Path) -> None:
+        from safetensors.torch import save_file
+        where = run_dir / RESUME_DIR / self.FILE
+        partial = where.with_name(where.name + ".partial")
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(partial))
+        partial.replace(where)
+
+    def load(self, run_dir: Path) -> None:
+        from safetensors.torch import load_file
+        where = run_dir / RESUME_DIR / self.FILE
+        if not where.is_file():
+            raise ValueError(f"{where}: missing; the run to resume was not trained with loss.label_weight")
+        self.load_state_dict(load_file(str(where)))
+
+
+def label_targets(fs: FeatureSet, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, targets): the `count` most frequent labels of fs (ties: the lower id), most frequent first,
+    and a uint8 (len(fs), len(labels)) multi-hot matrix of which clip carries which."""
+    if not fs.has_labels or len(fs.labels) == 0:
+        raise ValueError("loss.label_weight needs labelled training clips (e.g. YouTube-8M)")
+    flat = np.asarray(fs.labels, np.int64)
+    ids, counts = np.unique(flat, return_counts=True)
+    labels = ids[np.lexsort((ids, -counts))][:count]
+    column = np.full(int(ids.max()) + 1, -1, np.int64)
+    column[labels] = np.arange(len(labels))
+    targets = np.zeros((len(fs), len(labels)), np.uint8)
+    rows = np.repeat(np.arange(len(fs)), np.diff(np.asarray(fs.labels_indptr)))
+    kept = column[flat] >= 0
+    targets[rows[kept], column[flat][kept]] = 1
+    return labels, targets
+
+
 def _log(run_dir: Path, entry: dict) -> None:
     with open(run_dir / LOG_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
@@ -330,6 +474,17 @@ class _Epoch:
         self.rank, self.world_size = world()
         self.batch, self.steps = _steps(len(train), args.batch_size, self.world_size)
         self.train = train
+        self.ema: WeightAverage | None = None
+        self.teachers: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
+        self.label_weight, label_count = label_settings(self.loss_config)
+        self.classifiers: LabelClassifiers | None = None
+        if self.label_weight > 0:
+            labels, targets = label_targets(train, label_count)
+            self.label_targets = torch.from_numpy(targets)
+            self.classifiers = LabelClassifiers(int(model.config["model"]["embed_dim"]), labels,
+                                                targets.mean(axis=0)).to(device)
+            optimizer.add_param_group({"params": list(self.classifiers.parameters()),
+                                       "weight_decay": args.weight_decay})
         # the clips of the target domain itself (--label), for domain_batchnorm
         self.in_domain = domain_mask(train, [args.domain_label]) if args.domain_label is not None else None
         if args.domain_batchnorm and (self.in_domain is None or self.in_domain.sum() < 2):
@@ -380,11 +535,20 @@ class _Epoch:
         if self.loss_config.get("kind") == "triplet_structure":
             ref_a = gather_no_grad(self.model.audio_head.reference_features(a))
             ref_v = gather_no_grad(self.model.video_head.reference_features(v))
-        loss = compute_loss(self.loss_config, self.model.logit_scale, ea, ev, ref_a, ref_v)
+        teacher_logits = None
+        if self.teachers:  # index is the global batch, in the row order of the gathered embeddings
+            teacher_logits = [scale * (tv[index].to(self.device).float() @ ta[index].to(self.device).float().T)
+                              for ta, tv, scale in self.teachers]
+        loss = compute_loss(self.loss_config, self.model.logit_scale, ea, ev, ref_a, ref_v, teacher_logits)
+        if self.classifiers is not None:  # the gathered rows are the global batch, in index order
+            loss = loss + self.label_weight * label_loss(*self.classifiers(ea, ev),
+                                                         self.label_targets[index].to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return float(loss.detach())
 
     def run(self, epoch: int) -> float:
@@ -446,9 +610,20 @@ def fit(config: dict, parts: dict[str, FeatureSet], run_dir: str | Path, args: T
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(int(args.warmup_epochs * epoch_runner.steps), total))
     epoch_runner.scheduler = scheduler
+    distill = float(config.get("loss", {}).get("distill_weight", 0.0)) > 0
+    if distill != bool(args.teachers):
+        raise ValueError("loss.distill_weight > 0 needs teacher runs (--teacher), and teachers need "
+                         "loss.distill_weight > 0")
+    if args.teachers:
+        epoch_runner.teachers = teacher_embeddings(args.teachers, train, device, data)
+    ema = epoch_runner.ema = WeightAverage(model, args.ema_decay) if args.ema_decay > 0 else None
     state = {"epoch": 0, "best_score": [-1.0], "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0}
     if resume and has_resume_state(run_dir):
         state = load_resume_state(run_dir, model, optimizer, scheduler)
+        if ema is not None:
+            ema.load(run_dir)
+        if epoch_runner.classifiers is not None:
+            epoch_runner.classifiers.load(run_dir)
     elif rank == 0 and (run_dir / LOG_FILE).exists():
         (run_dir / LOG_FILE).unlink()  # a fresh run: the old log would mix two runs
     train_args = {**asdict(args), "batch_global": epoch_runner.batch, "steps_per_epoch": epoch_runner.steps,
@@ -459,7 +634,8 @@ def fit(config: dict, parts: dict[str, FeatureSet], run_dir: str | Path, args: T
         started = time.perf_counter()
         train_loss = epoch_runner.run(epoch)
         seconds = time.perf_counter() - started
-        selected = domain_recalibrated(model, epoch_runner) if args.domain_batchnorm else model
+        trained = ema.model if ema is not None else model
+        selected = domain_recalibrated(trained, epoch_runner) if args.domain_batchnorm else trained
         val_metrics = evaluate(selected, val, device, args.eval_batch_size, args.amp)
         score = selection_score(val_metrics)
         improved = score > list(state["best_score"])
@@ -478,6 +654,10 @@ def fit(config: dict, parts: dict[str, FeatureSet], run_dir: str | Path, args: T
                 save_checkpoint(run_dir, selected, data=data, train_args=train_args,
                                 metrics={"val": val_metrics, "epoch": epoch + 1}, epoch=epoch + 1)
             save_resume_state(run_dir, model, optimizer, state, scheduler)
+            if ema is not None:
+                ema.save(run_dir)
+            if epoch_runner.classifiers is not None:
+                epoch_runner.classifiers.save(run_dir)
             if args.progress:
                 print(f"epoch {epoch + 1}: loss {train_loss:.4f}  val R@10 {score[0]:.2f}%  "
                       f"(best {state['best_score'][0]:.2f}% at {state['best_epoch']})  {seconds:.1f}s", flush=True)

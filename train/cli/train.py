@@ -4,6 +4,7 @@
     tivm-train --config IVM-M --data '/data/yt8m/video_level/*.tfrecord' --label 14 -o runs/ivm-m
     tivm-train --config IVM-M-INDOMAIN --data 'Y/video_level/*.tfrecord' --label 14 \
         --extra-data 'Y/video_level_extra/*.tfrecord' -o runs/ivm-m-indomain   # in-domain validation
+    tivm-train --config my-distil.json ... --teacher runs/a --teacher runs/b -o runs/student  # distillation
     torchrun --nproc-per-node 4 -m tivm.train.cli.train --config TIVM --data DIR -o runs/tivm --device cuda
 """
 
@@ -56,6 +57,9 @@ def train(
     domain_fraction: Optional[float] = typer.Option(
         None, help="override train.domain_fraction: share of each batch drawn from in-domain training clips"),
     init: Optional[Path] = typer.Option(None, help="start from this run's weights (fine-tuning)"),
+    teacher: Optional[list[Path]] = typer.Option(
+        None, "--teacher", help="a trained run to distil from (repeatable; with loss.distill_weight > 0): the "
+        "student also matches the teachers' averaged in-batch similarity distributions"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     seed: Optional[int] = typer.Option(None, help="seeds initialisation, batch order and dropout "
                                        "(default: the config's train.seed, else 0)"),
@@ -75,7 +79,8 @@ def train(
         cfg, share, args = resolve(config, val_fraction, epochs=epochs, batch_size=batch_size, lr=lr,
                                    weight_decay=weight_decay, patience=patience, device=device, seed=seed,
                                    progress=progress, domain_fraction=domain_fraction, domain_label=label,
-                                   init=str(init) if init is not None else None)
+                                   init=str(init) if init is not None else None,
+                                   teachers=[str(t) for t in teacher] if teacher else None)
         domain_share = resolve_domain_val_fraction(cfg, domain_val_fraction)
         extras = list(extra_data or [])
         fs, parts = load_data(data, label, share, extras, domain_share, progress=progress and world()[0] == 0)
