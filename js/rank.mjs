@@ -14,16 +14,39 @@ export const normalise = (v) => { const n = Math.hypot(...v) || 1e-12; return v.
 // The clip's query: the mean of its window embeddings, re-normalised.
 export const meanOf = (rows) => normalise(rows[0].map((_, d) => rows.reduce((s, r) => s + r[d], 0) / rows.length));
 
+// float16 rows stay 2 bytes a value: each is turned into a float through this table as it is multiplied
+// (Float16Array is not on every runtime). Exponent 31 (infinity, NaN) never passes flatLibrary's check.
+let float16Values = null;
+export function float16Table() {
+  if (!float16Values) {
+    float16Values = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) {
+      const sign = h & 0x8000 ? -1 : 1, exponent = (h >> 10) & 0x1f, fraction = h & 0x3ff;
+      float16Values[h] = exponent === 0 ? sign * fraction * 2 ** -24
+        : exponent === 31 ? NaN : sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
+    }
+  }
+  return float16Values;
+}
+
+const ROW_ARRAYS = { int8: Int8Array, float16: Uint16Array, float32: Float32Array };
+
 // A flat library from its index (library.json) and the bytes of its .bin files (ArrayBuffers).
 export function flatLibrary(index, embeddings, scales, windowStart) {
   if (index.format !== 'tivm-flat-library' || index.version !== 1) throw new Error('not a tivm-flat-library version 1 index');
-  const rows = index.dtype === 'int8' ? new Int8Array(embeddings) : new Float32Array(embeddings);
-  if (rows.length !== index.windows * index.dim) throw new Error(`embeddings hold ${rows.length} values, the index says ${index.windows} x ${index.dim}`);
+  const RowArray = ROW_ARRAYS[index.dtype];
+  if (!RowArray) throw new Error(`unknown dtype ${JSON.stringify(index.dtype)} (int8, float16 or float32)`);
+  if (embeddings.byteLength !== index.windows * index.dim * RowArray.BYTES_PER_ELEMENT) {
+    throw new Error(`embeddings hold ${embeddings.byteLength} bytes, the index says ${index.windows} x ${index.dim} ${index.dtype}`);
+  }
+  const rows = new RowArray(embeddings);
+  if (index.dtype === 'float16' && rows.some((h) => (h & 0x7c00) === 0x7c00)) throw new Error('embeddings are not all finite');
+  if (index.dtype === 'float32' && !rows.every(Number.isFinite)) throw new Error('embeddings are not all finite');
   const scaleRows = index.dtype === 'int8' ? new Float32Array(scales) : null;
   if (scaleRows && scaleRows.length !== index.windows) throw new Error('scales do not match the windows');
   const starts = new Float32Array(windowStart);
   if (starts.length !== index.windows) throw new Error('window starts do not match the windows');
-  return { index, rows, scales: scaleRows, starts };
+  return { index, rows, scales: scaleRows, starts, decode: index.dtype === 'float16' ? float16Table() : null };
 }
 
 // The model that embedded the library must be the one embedding the clip: scores across models mean nothing.
@@ -35,13 +58,14 @@ export function checkFingerprint(library, modelFingerprint, where = 'library') {
 }
 
 // A song's score is its best window's dot product with the query; ties go to the earlier song.
-export function rank({ index, rows, scales, starts }, query, top) {
+export function rank({ index, rows, scales, starts, decode }, query, top) {
   const dim = index.dim;
   const best = index.song_offsets.slice(0, -1).map((first, song) => {
     let score = -Infinity, row = first;
     for (let r = first; r < index.song_offsets[song + 1]; r++) {
       let dot = 0;
-      for (let d = 0; d < dim; d++) dot += rows[r * dim + d] * query[d];
+      if (decode) for (let d = 0; d < dim; d++) dot += decode[rows[r * dim + d]] * query[d];
+      else for (let d = 0; d < dim; d++) dot += rows[r * dim + d] * query[d];
       if (scales) dot *= scales[r];
       if (dot > score) { score = dot; row = r; }
     }

@@ -4,14 +4,18 @@
 
     library.json        format "tivm-flat-library", version, model_fingerprint, dim, dtype, the songs'
                         titles, paths, durations and window offsets, window and hop seconds
-    embeddings.bin      (W, D) window embeddings, row after row: int8 (dtype "int8") or float32
+    embeddings.bin      (W, D) window embeddings, row after row: int8 (dtype "int8"), float16 or float32
     scales.bin          (W,) float32, int8 only: row w's vector is embeddings[w] * scales[w]
     window_start.bin    (W,) float32, seconds into the song where each window starts
 
 int8 with one scale per row is the default: a quarter of float32, decoded by `Int8Array` and
-`Float32Array` views in JavaScript, Java's `ByteBuffer` or Swift's `Data` without any float16 support
-(which JavaScript lacks). A window's score is `scale * dot(int8 row, query)`; rows are unit vectors, so
-the scale is max|x| / 127 and rounding moves a score by at most D x scale / 254.
+`Float32Array` views in JavaScript, Java's `ByteBuffer` or Swift's `Data` without any float16 support.
+A window's score is `scale * dot(int8 row, query)`; rows are unit vectors, so the scale is max|x| / 127 and
+rounding moves a score by at most D x scale / 254. float16 is the npz library's own values, so ranking it is
+exact search, at half of float32: the phone form for a model with small embeddings (docs/runtime.md).
+JavaScript has no float16 array on every runtime, so js/rank.mjs reads the rows as `Uint16Array` and turns
+each value into a float through a 65,536-entry table as it multiplies; Swift has `Float16`, Java
+`Float.float16ToFloat`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from tivm.runtime.library import SongLibrary
 
 FORMAT = "tivm-flat-library"
 VERSION = 1
-DTYPES = ("int8", "float32")
+DTYPES = ("int8", "float16", "float32")
+VALUE_TYPES = {"int8": np.dtype(np.int8), "float16": np.dtype("<f2"), "float32": np.dtype("<f4")}  # little-endian
 INDEX_NAME = "library.json"
 EMBEDDINGS_NAME = "embeddings.bin"
 SCALES_NAME = "scales.bin"
@@ -81,7 +86,7 @@ def export_flat(library: SongLibrary, out_dir: str | os.PathLike, dtype: str = "
                 vectors.write(quantized.tobytes())
                 scales.write(row_scales.astype("<f4").tobytes())
             else:
-                vectors.write(rows.astype("<f4").tobytes())
+                vectors.write(rows.astype(VALUE_TYPES[dtype]).tobytes())
         with atomic_write(out_dir / STARTS_NAME) as starts:
             starts.write(np.asarray(library.window_start, dtype="<f4").tobytes())
     write_text(index_path, json.dumps(_index(library, dtype), indent=1, allow_nan=False) + "\n")
@@ -125,8 +130,9 @@ def read_flat(folder: str | os.PathLike) -> FlatLibrary:
     dtype, dim, windows = index.get("dtype"), index.get("dim"), index.get("windows")
     if dtype not in DTYPES or not isinstance(dim, int) or not isinstance(windows, int) or dim < 1 or windows < 1:
         raise LibraryError(f"{index_path}: bad dtype, dim or windows")
-    raw = _read_exact(folder / EMBEDDINGS_NAME, windows * dim * (1 if dtype == "int8" else 4))
-    vectors = np.frombuffer(raw, dtype=np.int8 if dtype == "int8" else "<f4").reshape(windows, dim)
+    value_type = VALUE_TYPES[dtype]
+    raw = _read_exact(folder / EMBEDDINGS_NAME, windows * dim * value_type.itemsize)
+    vectors = np.frombuffer(raw, dtype=value_type).reshape(windows, dim)
     vectors = vectors.astype(np.float32)
     if dtype == "int8":
         vectors *= np.frombuffer(_read_exact(folder / SCALES_NAME, windows * 4), dtype="<f4")[:, None]

@@ -2,7 +2,7 @@
 
 The bundle is the end-to-end checkpoint's int8 export (conftest's e2e_models: EfficientNet-Lite0 with its
 real weights, VGGish with random weights in the official format) made raw with golden vectors; the library
-embeds the shared songs with the Python runtime and is exported flat (int8 and float32) for other languages.
+embeds the shared songs with the Python runtime and is exported flat (int8, float16 and float32) for other languages.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ CLIP = "bbb_0-15s.mp4"
 class EdgeWorld:
     bundles: dict  # "int8" / "fp32" -> raw bundle folder
     library: Path  # npz, built with the int8 raw bundle
-    flat: dict  # "int8" / "float32" -> flat library folder
+    flat: dict  # "int8" / "float16" / "float32" -> flat library folder
     frames: np.ndarray  # the clip's frames at 1 fps, (T, H, W, 3) uint8
     frames_file: Path  # the same, raw bytes
 
@@ -37,7 +37,7 @@ def build_edge_world(root: Path, e2e_models, media: Path) -> EdgeWorld:
     library = root / "songs.npz"
     build_library(media / "songs", Model.load(bundles["int8"], intra_op_threads=2), library, progress=False)
     loaded = SongLibrary.load(library)
-    flat = {dtype: export_flat(loaded, root / f"flat {dtype}", dtype=dtype) for dtype in ("int8", "float32")}
+    flat = {dtype: export_flat(loaded, root / f"flat {dtype}", dtype=dtype) for dtype in ("int8", "float16", "float32")}
     frames = sample_frames(media / "clips" / CLIP)
     frames_file = root / "frames.u8"
     frames_file.write_bytes(np.ascontiguousarray(frames).tobytes())

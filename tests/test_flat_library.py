@@ -45,7 +45,7 @@ def test_int8_rows_round_trip_within_half_a_step():
     assert np.all(np.abs(quantized * scales[:, None] - rows) <= scales[:, None] / 2 + 1e-7)
 
 
-@pytest.mark.parametrize("dtype", ["int8", "float32"])
+@pytest.mark.parametrize("dtype", ["int8", "float16", "float32"])
 def test_flat_library_ranks_like_the_npz(dtype, tmp_path):
     library = random_library(tmp_path)
     flat = read_flat(export_flat(library, tmp_path / "flat", dtype=dtype))
@@ -57,6 +57,8 @@ def test_flat_library_ranks_like_the_npz(dtype, tmp_path):
     queries = np.random.default_rng(2).standard_normal((100, DIM)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     tolerance = 0.01 if dtype == "int8" else 1e-6  # int8: at most D x scale / 254 per score
+    if dtype != "int8":  # float16 holds the npz's own values: the same ranking, not only up to near-ties
+        np.testing.assert_array_equal(flat.vectors, np.asarray(library.embeddings, np.float32))
     for query in queries:
         a, b = exact.top_songs(query, 10), flat_search.top_songs(query, 10)
         assert np.abs(a.scores - b.scores).max() < tolerance
@@ -94,6 +96,15 @@ def test_damaged_flat_library_is_refused(damage, expected, tmp_path):
         read_flat(folder)
 
 
+def test_a_float16_flat_library_with_an_infinite_value_is_refused(tmp_path):
+    folder = export_flat(random_library(tmp_path, songs=5), tmp_path / "flat", dtype="float16")
+    raw = bytearray((folder / "embeddings.bin").read_bytes())
+    raw[6:8] = np.array([np.inf], "<f2").tobytes()
+    (folder / "embeddings.bin").write_bytes(bytes(raw))
+    with pytest.raises(LibraryError, match="not finite"):
+        read_flat(folder)
+
+
 def _edit_index(folder, **fields):
     index = json.loads((folder / "library.json").read_text())
     index.update(fields)
@@ -107,5 +118,9 @@ def test_cli_export(tmp_path):
     result = CliRunner().invoke(app, ["export", str(source), "-o", str(tmp_path / "flat")])
     assert result.exit_code == 0, result.output
     assert read_flat(tmp_path / "flat").vectors.shape == (9, 16)
-    bad = CliRunner().invoke(app, ["export", str(source), "-o", str(tmp_path / "x"), "--dtype", "float16"])
+    half = CliRunner().invoke(app, ["export", str(source), "-o", str(tmp_path / "half"), "--dtype", "float16"])
+    assert half.exit_code == 0, half.output
+    assert (tmp_path / "half" / "embeddings.bin").stat().st_size == 9 * 16 * 2
+    assert not (tmp_path / "half" / "scales.bin").exists()
+    bad = CliRunner().invoke(app, ["export", str(source), "-o", str(tmp_path / "x"), "--dtype", "bfloat16"])
     assert bad.exit_code == 2 and "--dtype" in bad.stderr

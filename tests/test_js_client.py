@@ -59,7 +59,7 @@ def test_node_embeds_the_clip_as_python_does(node, edge_world, bundle, check):
         assert cosines(js, python).min() >= 0.9999
 
 
-@pytest.mark.parametrize("flat", ["float32", "int8"])
+@pytest.mark.parametrize("flat", ["float32", "float16", "int8"])
 def test_node_ranks_the_flat_library_as_python_ranks_it(node, edge_world, flat):
     out = client_frames(node, edge_world, "int8", flat=flat)
     library = read_flat(edge_world.flat[flat])
@@ -87,3 +87,29 @@ def test_node_embeds_pcm_as_python_does(node, edge_world, tmp_path):
     js = np.array(run_client(node, "--model", edge_world.bundles["fp32"], "--pcm", tmp_path / "song.f32")["vectors"])
     python = Model.load(edge_world.bundles["fp32"]).embed_audio(pcm).vectors
     assert js.shape == python.shape and np.abs(js - python).max() <= 1e-5
+
+
+RANK_MODULE = REPO / "js" / "rank.mjs"
+FLOAT16_CHECK = """
+import { float16Table, flatLibrary } from %s;
+const table = float16Table();
+const index = { format: 'tivm-flat-library', version: 1, dtype: 'float16', dim: 2, windows: 1, song_offsets: [0, 1] };
+let refused = '';
+try { flatLibrary(index, new Uint16Array([0x3c00, 0x7c00]).buffer, null, new Float32Array([0]).buffer); }
+catch (e) { refused = e.message; }
+process.stdout.write(JSON.stringify({ table: Array.from(table), refused }));
+"""
+
+
+def test_rank_reads_float16_as_numpy_does_and_refuses_infinity():
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("needs Node.js (`node`) on PATH")
+    done = subprocess.run([node, "--input-type=module", "-e", FLOAT16_CHECK % json.dumps(RANK_MODULE.as_uri())],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    want = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float64)
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(np.array(out["table"], np.float64)[finite], want[finite])
+    assert "not all finite" in out["refused"]

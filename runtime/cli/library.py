@@ -158,7 +158,8 @@ def info(library: Path = typer.Argument(..., help="library file (.npz)")) -> Non
 def export(
     library: Path = typer.Argument(..., help="library file (.npz) from `tivm-library build`"),
     output: Path = typer.Option(..., "--output", "-o", help="folder to write (new, empty, or an earlier export)"),
-    dtype: str = typer.Option("int8", "--dtype", help="int8 (a scale per window) or float32"),
+    dtype: str = typer.Option("int8", "--dtype", help="int8 (a scale per window), float16 (the library's own "
+                              "values: exact search) or float32"),
 ) -> None:
     """Write a library as flat little-endian arrays + library.json, for apps without numpy (JavaScript, mobile)."""
     from tivm.runtime.flat_library import DTYPES, export_flat
