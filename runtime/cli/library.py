@@ -74,7 +74,9 @@ def _check_dims(dims: int, embedding_dim: int) -> None:
     from tivm.runtime.compact import MIN_DIMS
 
     if not MIN_DIMS <= dims <= embedding_dim:
-        fail(f"--dims: must be between {MIN_DIMS} and {embedding_dim} (the embedding dimension), got {dims}")
+        hint = (f"; at {embedding_dim}-d the full form is already phone-sized and searched exactly"
+                if embedding_dim <= PHONE_SIZED_DIM else "")
+        fail(f"--dims: must be between {MIN_DIMS} and {embedding_dim} (the embedding dimension), got {dims}{hint}")
 
 
 @app.command()
