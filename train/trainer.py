@@ -14,6 +14,12 @@ all of them take the same early-stopping decision.
 Reproducible: the batch order of epoch e comes from a generator seeded with (seed, e), the torch RNG state
 (dropout) is saved with every resume point, so a run stopped and resumed gives the same weights as one that
 was not stopped.
+
+Options that still train one model of the usual shape (docs/training.md): train.ema_decay (WeightAverage:
+validate and save a moving average of the weights), loss.distill_weight with TrainArgs.teachers
+(teacher_embeddings: the teachers' averaged in-batch distributions as a second target) and loss.label_weight
+(LabelClassifiers: an auxiliary multi-label objective whose classifiers stay out of the checkpoint). The
+average and the classifiers are saved with the resume point, so --resume continues them.
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ def train(
                                    init=str(init) if init is not None else None,
                                    teachers=[str(t) for t in teacher] if teacher else None)
         domain_share = resolve_domain_val_fraction(cfg, domain_val_fraction)
+        check_teachers(cfg, args.teachers)
         extras = list(extra_data or [])
         fs, parts = load_data(data, label, share, extras, domain_share, progress=progress and world()[0] == 0)
         record = data_record(fs, data, label, parts, extras, domain_share if extras else None)
@@ -112,6 +113,19 @@ def resolve(config: str, val_fraction: float | None = None, **options) -> tuple[
         check_option("val_fraction", val_fraction)
         share = val_fraction
     return cfg, float(share), TrainArgs.from_config(cfg, **options)
+
+
+def check_teachers(cfg: dict, teachers: list[str] | None) -> None:
+    """Distillation needs both loss.distill_weight > 0 and --teacher runs; one without the other is a
+    ConfigError before any data is read."""
+    from tivm.train.config import ConfigError
+
+    weight = float(cfg.get("loss", {}).get("distill_weight", 0.0))
+    if weight > 0 and not teachers:
+        raise ConfigError("--teacher", f"the config distils (loss.distill_weight {weight:g}): give the "
+                                       "teacher runs with --teacher RUN (repeatable)")
+    if teachers and weight <= 0:
+        raise ConfigError("--teacher", "teachers need a config with loss.distill_weight > 0")
 
 
 def resolve_domain_val_fraction(cfg: dict, option: float | None) -> float:
