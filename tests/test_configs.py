@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from tivm.runtime.errors import ModelError, TivmError
 from tivm.train import checkpoint
 from tivm.train.cli.train import app as train_app
-from tivm.train.cli.train import resolve, resolve_domain_val_fraction
+from tivm.train.cli.train import check_teachers, resolve, resolve_domain_val_fraction
 from tivm.train.config import (
     BLOCK_RULES,
     COMMAND_LINE_ONLY,
@@ -209,6 +209,18 @@ def test_tivm_train_reports_a_config_error_in_one_line_before_reading_data(tmp_p
                                        "--epochs", "0", "--no-progress"])
     assert result.exit_code == 2
     assert result.output == "error: --epochs: must be an integer >= 1, got 0\n"
+    # distillation: a distilling config without teachers, or teachers without one, fails before the data
+    raw = _packaged("IVM-M")
+    raw["loss"] = {"kind": "infonce", "distill_weight": 1.0}
+    path = _write(tmp_path, raw)
+    result = runner.invoke(train_app, ["--config", str(path), "--data", str(tmp_path / "nothing"),
+                                       "-o", str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code == 2 and result.output.startswith("error: --teacher: the config distils")
+    result = runner.invoke(train_app, ["--config", "IVM-M", "--data", str(tmp_path / "nothing"), "--teacher",
+                                       str(tmp_path), "-o", str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code == 2
+    assert result.output == "error: --teacher: teachers need a config with loss.distill_weight > 0\n"
+    assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------------------------------------- saved runs
@@ -336,3 +348,17 @@ def test_ivm_m_indomain_by_name_trains_what_the_chosen_variant_trained():
     assert args_name == args_run and (share_name, domain_name) == (share_run, domain_run) == (0.1, 0.5)
     assert cfg_name["model"] == cfg_run["model"] and cfg_name["loss"] == cfg_run["loss"]
     assert (args_name.domain_fraction, args_name.epochs, args_name.domain_label) == (0.25, 4, 14)
+
+
+def test_ivm_m_indomain_distil_is_ivm_m_indomain_plus_the_chosen_distillation():
+    """IVM-M-INDOMAIN-DISTIL, chosen in docs/results.md 1c, is IVM-M-INDOMAIN (same heads, data split and
+    schedule) with a distillation term of weight 1 at temperature 8, and needs teacher runs."""
+    base, distil = load_config("IVM-M-INDOMAIN"), load_config("IVM-M-INDOMAIN-DISTIL")
+    assert distil["model"] == base["model"] and distil["train"] == base["train"]
+    assert distil["loss"] == {**base["loss"], "distill_weight": 1.0, "distill_temperature": 8.0}
+    assert "IVM-M-INDOMAIN-DISTIL" in RESULTS.read_text()
+    with pytest.raises(ConfigError, match="--teacher"):
+        check_teachers(distil, None)
+    check_teachers(distil, ["runs/a", "runs/b"])
+    with pytest.raises(ConfigError, match="teachers need"):
+        check_teachers(base, ["runs/a"])
