@@ -25,8 +25,9 @@ from tivm.runtime.window_scan import WindowScanner
 
 # Exact search is always right, while HNSW loses song recall as libraries grow (docs/runtime.md, "Exact or
 # approximate search"), so "auto" stays exact up to this many stored values (windows x dims: 10,000 songs at
-# 512-d are 207M), whose scan takes about a tenth of a second on two cores; only larger libraries go to HNSW.
-AUTO_EXACT_MAX_VALUES = 1 << 28
+# 512-d are 207M; 1M windows at 512-d, 512M, scan in well under a tenth of a second on two cores); only
+# larger libraries go to HNSW.
+AUTO_EXACT_MAX_VALUES = 1 << 29
 # songs of the compact scan re-scored exactly when the full vectors are there: on real embeddings the scan's
 # score error (a few thousandths) moves exact's top 10 only within the scan's top few dozen songs
 # (docs/benchmarks/library_compact.md)
@@ -238,8 +239,8 @@ def make_search(embeddings: np.ndarray | CompactWindows, song_offsets: np.ndarra
     A compact library is searched by its codes ("auto" or "compact"); exact and HNSW need the full vectors,
     which it no longer holds. For a full library: "exact", "hnsw", "compact" (fits the PCA and encodes every
     window when called, seconds per 100k windows; scans the codes, then re-scores the best songs exactly from
-    `embeddings`), or "auto": exact up to AUTO_EXACT_MAX_VALUES stored values (about 520k windows at 512-d,
-    4M at 64-d), else HNSW when faiss-cpu is installed (else exact). `threads` runs the exact and compact scans.
+    `embeddings`), or "auto": exact up to AUTO_EXACT_MAX_VALUES stored values (about 1M windows at 512-d,
+    8M at 64-d), else HNSW when faiss-cpu is installed (else exact). `threads` runs the exact and compact scans.
 
     With `index_path` (and `index_key` saying which library it is), the HNSW index is cached there, and a
     full library's compact codes beside it (`<name>.compact.npz`).

@@ -269,9 +269,9 @@ def test_auto_search_is_exact_up_to_its_size_limit():
 
     small = np.zeros((100, 8), np.float16)
     assert make_search(small, np.array([0, 50, 100]), "auto").name == "exact"
-    assert auto_is_exact(np.broadcast_to(np.zeros(512, np.float16), (500_000, 512)))
-    assert not auto_is_exact(np.broadcast_to(np.zeros(512, np.float16), (600_000, 512)))
-    assert auto_is_exact(np.broadcast_to(np.zeros(64, np.float16), (4_000_000, 64)))
+    assert auto_is_exact(np.broadcast_to(np.zeros(512, np.float16), (1_000_000, 512)))
+    assert not auto_is_exact(np.broadcast_to(np.zeros(512, np.float16), (1_100_000, 512)))
+    assert auto_is_exact(np.broadcast_to(np.zeros(64, np.float16), (8_000_000, 64)))
     with pytest.raises(ValueError, match="search method"):
         make_search(small, np.array([0, 100]), "fastest")
 
