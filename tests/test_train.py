@@ -42,6 +42,22 @@ def _args(cfg, **kw):
     return TrainArgs.from_config(cfg, progress=False, **kw)
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def _fit_interrupted_then_resumed(cfg, parts, run_dir, stop_after: int):
+    """Train run_dir, stopping when epoch `stop_after` ends, then resume it to the end: what resume tests
+    compare with an uninterrupted run."""
+    def stop(epoch, model):
+        if epoch == stop_after:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        fit(cfg, parts, run_dir, _args(cfg), on_epoch_end=stop)
+    return fit(cfg, parts, run_dir, _args(cfg), resume=True)
+
+
 def test_tivm_learns_order_and_beats_chance_clearly(tmp_path, small_parts):
     cfg = small_config("TIVM", epochs=25)
     summary = fit(cfg, small_parts, tmp_path / "run", _args(cfg))
@@ -179,16 +195,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, small_p
     cfg = small_config(name, epochs=3)
     cfg["model"]["dropout"] = 0.3  # dropout makes the RNG state part of what resume must restore
     straight = fit(cfg, small_parts, tmp_path / "straight", _args(cfg))
-    class Interrupted(Exception):
-        pass
-
-    def stop_after_two(epoch, model):
-        if epoch == 2:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        fit(cfg, small_parts, tmp_path / "split", _args(cfg), on_epoch_end=stop_after_two)
-    resumed = fit(cfg, small_parts, tmp_path / "split", _args(cfg), resume=True)
+    resumed = _fit_interrupted_then_resumed(cfg, small_parts, tmp_path / "split", stop_after=2)
     a = checkpoint._read_tensors(tmp_path / "straight" / "resume" / "model.safetensors")
     b = checkpoint._read_tensors(tmp_path / "split" / "resume" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -447,16 +454,7 @@ def test_fit_with_ema_validates_and_saves_the_average_and_resumes_it(tmp_path, s
     fit(cfg, small_parts, tmp_path / "straight", _args(cfg))
     average = checkpoint._read_tensors(tmp_path / "straight" / "resume" / "ema.safetensors")
 
-    class Interrupted(Exception):
-        pass
-
-    def stop_after_one(epoch, model):
-        if epoch == 1:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        fit(cfg, small_parts, tmp_path / "split", _args(cfg), on_epoch_end=stop_after_one)
-    fit(cfg, small_parts, tmp_path / "split", _args(cfg), resume=True)
+    _fit_interrupted_then_resumed(cfg, small_parts, tmp_path / "split", stop_after=1)
     resumed = checkpoint._read_tensors(tmp_path / "split" / "resume" / "ema.safetensors")
     for name in average:
         torch.testing.assert_close(resumed[name], average[name], rtol=0, atol=0, msg=name)
@@ -612,16 +610,7 @@ def test_fit_trains_label_classifiers_beside_a_model_whose_checkpoint_is_unchang
         right = (video_logits.argmax(dim=1) == torch.from_numpy(targets).argmax(dim=1)).float().mean()
     assert after < 0.7 * before and float(right) > 0.8, (after, before, float(right))
     # resuming restores the classifiers too: the same final weights as the uninterrupted run
-    class Interrupted(Exception):
-        pass
-
-    def stop_after_one(epoch, model):
-        if epoch == 1:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        fit(cfg, parts, tmp_path / "split", _args(cfg), on_epoch_end=stop_after_one)
-    fit(cfg, parts, tmp_path / "split", _args(cfg), resume=True)
+    _fit_interrupted_then_resumed(cfg, parts, tmp_path / "split", stop_after=1)
     for name in ("model.safetensors", LabelClassifiers.FILE):
         a = checkpoint._read_tensors(tmp_path / "a" / "resume" / name)
         b = checkpoint._read_tensors(tmp_path / "split" / "resume" / name)
