@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tivm.runtime.window_scan import WindowScanner
+from tivm.runtime.window_scan import SHARED_SCANNER, WindowScanner
 
 FORM = "int8-pca"
 DEFAULT_DIMS = 128
@@ -77,7 +77,7 @@ class CompactWindows:
     def window_scores(self, query: np.ndarray, scanner: WindowScanner | None = None) -> np.ndarray:
         """Approximate cosine of every window with the unit query: (W,) float32, scanned in blocks."""
         q_code, offset = self.query_code(query)
-        scores = (scanner or WindowScanner()).scores(self.codes, q_code)
+        scores = (scanner or SHARED_SCANNER).scores(self.codes, q_code)
         scores *= self.row_scales
         scores += offset
         return scores

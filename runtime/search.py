@@ -21,7 +21,7 @@ import numpy as np
 
 from tivm.runtime.compact import DEFAULT_DIMS, CompactWindows
 from tivm.runtime.files import atomic_path, atomic_write, write_text
-from tivm.runtime.window_scan import WindowScanner
+from tivm.runtime.window_scan import SHARED_SCANNER, WindowScanner
 
 # Exact search is always right, while HNSW loses song recall as libraries grow (docs/runtime.md, "Exact or
 # approximate search"), so "auto" stays exact up to this many stored values (windows x dims: 10,000 songs at
@@ -52,7 +52,7 @@ class SongHits:
 
 def window_scores(embeddings: np.ndarray, query: np.ndarray, scanner: WindowScanner | None = None) -> np.ndarray:
     """Dot product of every window with the query (W,) float32, streamed in blocks."""
-    return (scanner or WindowScanner()).scores(embeddings, query)
+    return (scanner or SHARED_SCANNER).scores(embeddings, query)
 
 
 def best_window_per_song(scores: np.ndarray, song_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

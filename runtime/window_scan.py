@@ -70,3 +70,8 @@ class WindowScanner:
             block = np.ascontiguousarray(matrix[start:start + rows])
             out[start:start + len(block)] = session.run(None, {"rows": block, "query": column})[0][:, 0]
         return out
+
+
+# for callers without a scanner of their own (one-off scores, tests): sessions open on first use, so this
+# costs nothing at import, and every such call shares them instead of opening a session per call
+SHARED_SCANNER = WindowScanner()
